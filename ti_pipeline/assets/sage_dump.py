@@ -1,0 +1,220 @@
+"""The 2020-11-05 Sage MongoDB dump into the IOC tables (the baseline every feed updates)."""
+
+import gzip
+from collections.abc import Iterable
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Config,
+    Failure,
+    MaterializeResult,
+    asset,
+    multi_asset,
+)
+
+from ti_pipeline import keys, schema
+from ti_pipeline.accounting import Accounting
+from ti_pipeline.assets.common import Progress, accounting_metadata, reconcile_check
+from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.partitions import dump_shards
+from ti_pipeline.quality import invalid_keys
+from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
+from ti_pipeline.sage.pipeline import process_stream
+from ti_pipeline.warehouse import MergeRule, Warehouse
+
+GROUP = "sage_dump"
+PREFIX = "sage_dump"
+TABLES = {t.name: t for t in schema.metadata.sorted_tables}
+# How a dump row merges with what a table already holds: the newest scan wins, curated TOKENS
+# entries are never overwritten by an automated classification.
+MERGE_RULES = {
+    "ioc_file_hashes": MergeRule(newer_column="scan_date"),
+    "ioc_domains": MergeRule(newer_column="last_seen", protected_source="TOKENS"),
+    "ioc_ips": MergeRule(protected_source="TOKENS"),
+    "ioc_tokens": MergeRule(),
+    "file_extension_classification": MergeRule(),
+}
+
+
+class SageDumpConfig(Config):
+    workers: int = 0
+    """Decoding processes for this step; 0 means one per core."""
+    block_mib: int = 4
+    """Size of the blocks of whole documents handed to a decoding process."""
+
+
+def dump_files(store: ObjectStore, shard: str, collection: str) -> list[str]:
+    """The collection's file(s) in a shard: ``.bson`` and/or ``.bson.gz``."""
+    base = keys.object_name(keys.shard(shard), "cybereason", keys.collection(collection))
+    return [name for name in (base + ".bson", base + ".bson.gz") if store.stat(name) is not None]
+
+
+def load_collection(
+    context: AssetExecutionContext,
+    store: ObjectStore,
+    warehouse: Warehouse,
+    config: SageDumpConfig,
+    *,
+    collection: str,
+    shards: Iterable[str],
+    asset_name: str,
+    partition_key: str,
+) -> Accounting:
+    """Stream every file of ``collection`` in ``shards`` into the warehouse; returns the accounting."""
+    files = [name for shard in shards for name in dump_files(store, shard, collection)]
+    if not files:
+        raise Failure(f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)}")
+    acc = Accounting()
+    nbytes = 0
+    warehouse.clear_quarantine(asset_name, partition_key)
+    progress = Progress(context.log, f"{asset_name}[{partition_key}]")
+    for name in files:
+        context.log.info(f"reading {store.url_of(name)}")
+        with store.open_read(name) as raw:
+            stream = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
+            for result in process_stream(
+                stream, collection, store.url_of(name), workers=config.workers, block_bytes=config.block_mib << 20
+            ):
+                for table_name, rows in result.rows.items():
+                    warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
+                warehouse.add_quarantine(asset_name, partition_key, result.quarantine)
+                acc.merge(result.accounting)
+                nbytes += result.bytes_read
+                progress.update(acc.read, nbytes)
+    progress.update(acc.read, nbytes, force=True)
+    acc.figures["bytes_read"] = nbytes
+    acc.figures["files"] = len(files)
+    return acc
+
+
+def key_check(warehouse: Warehouse, table_name: str, asset_key: AssetKey) -> AssetCheckResult:
+    count, examples = invalid_keys(warehouse, TABLES[table_name])
+    return AssetCheckResult(
+        check_name="valid_keys",
+        asset_key=asset_key,
+        passed=count == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"invalid_keys": count, "examples": ", ".join(map(str, examples))},
+    )
+
+
+def _checks(name: str) -> list[AssetCheckSpec]:
+    key = AssetKey([PREFIX, name])
+    return [
+        AssetCheckSpec("counts_reconcile", asset=key, description="read = written + filtered + rejected"),
+        AssetCheckSpec("valid_keys", asset=key, description="every key in the table is a well-formed value"),
+    ]
+
+
+def _shard_asset(name: str, collection: str, description: str):
+    @asset(
+        name=name,
+        key_prefix=[PREFIX],
+        group_name=GROUP,
+        partitions_def=dump_shards,
+        description=description,
+        check_specs=_checks(name),
+        pool="warehouse_writes",
+        tags={"ti_pipeline/heavy": "bson_decode"},
+        metadata={"dagster/table_name": name, "source_collection": collection},
+        kinds={"python", "sql"},
+    )
+    def _asset(
+        context: AssetExecutionContext,
+        config: SageDumpConfig,
+        warehouse: WarehouseResource,
+        sage_dump: ObjectStoreResource,
+    ):
+        shard = keys.shard(context.partition_key)
+        wh = warehouse.get()
+        acc = load_collection(
+            context, sage_dump.get(), wh, config,
+            collection=collection, shards=[shard], asset_name=name, partition_key=shard,
+        )
+        key = AssetKey([PREFIX, name])
+        yield MaterializeResult(asset_key=key, metadata=accounting_metadata(acc, {"shard": shard}))
+        yield reconcile_check(acc, asset_key=key)
+        yield key_check(wh, name, key)
+
+    return _asset
+
+
+ioc_file_hashes = _shard_asset(
+    "ioc_file_hashes",
+    "file_rep",
+    "File-hash reputation from the dump's file_rep (VT report kept when response_code is 1). "
+    "The VT feed load writes the same table; the newest scan_date wins.",
+)
+ioc_domains = _shard_asset(
+    "ioc_domains",
+    "domain_classification",
+    "Domain reputation from domain_classification: unknown skipped, indifferent kept as AV_DETECTED only "
+    "with a detected URL. DOMAIN tokens (sage_dump/ioc_tokens) overlay it and are never overwritten.",
+)
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            AssetKey([PREFIX, "ioc_tokens"]),
+            group_name=GROUP,
+            description="Curated tokens (TOKENS, shard r01). DOMAIN tokens also overlay ioc_domains.",
+            metadata={"dagster/table_name": "ioc_tokens"},
+            kinds={"python", "sql"},
+        ),
+        AssetSpec(
+            AssetKey([PREFIX, "ioc_ips"]),
+            group_name=GROUP,
+            description="IP reputation from IPv4 tokens (sinkholes are not imported: rule team decision).",
+            metadata={"dagster/table_name": "ioc_ips"},
+            kinds={"python", "sql"},
+        ),
+    ],
+    check_specs=_checks("ioc_tokens") + _checks("ioc_ips")[1:],
+    pool="warehouse_writes",
+)
+def ioc_tokens(
+    context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource
+):
+    wh = warehouse.get()
+    acc = load_collection(
+        context, sage_dump.get(), wh, config,
+        collection="TOKENS", shards=keys.SHARDS, asset_name="ioc_tokens", partition_key="all",
+    )
+    meta = accounting_metadata(acc)
+    tokens_key, ips_key = AssetKey([PREFIX, "ioc_tokens"]), AssetKey([PREFIX, "ioc_ips"])
+    ip_count = wh.count(schema.ioc_ips, schema.ioc_ips.c.source == "TOKENS")
+    yield MaterializeResult(asset_key=tokens_key, metadata=meta)
+    yield MaterializeResult(asset_key=ips_key, metadata={"dagster/row_count": ip_count, "from_tokens": ip_count})
+    yield reconcile_check(acc, asset_key=tokens_key)
+    yield key_check(wh, "ioc_tokens", tokens_key)
+    yield key_check(wh, "ioc_ips", ips_key)
+
+
+@asset(
+    key_prefix=[PREFIX],
+    group_name=GROUP,
+    description="Extension types for double-extension detection (FILE_EXTENSION_CLASSIFICATION, shard r04).",
+    check_specs=[_checks("file_extension_classification")[0]],
+    pool="warehouse_writes",
+    metadata={"dagster/table_name": "file_extension_classification"},
+    kinds={"python", "sql"},
+)
+def file_extension_classification(
+    context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource
+):
+    acc = load_collection(
+        context, sage_dump.get(), warehouse.get(), config,
+        collection="FILE_EXTENSION_CLASSIFICATION", shards=keys.SHARDS,
+        asset_name="file_extension_classification", partition_key="all",
+    )
+    yield MaterializeResult(metadata=accounting_metadata(acc))
+    yield reconcile_check(acc)
+
+
+assets = [ioc_file_hashes, ioc_domains, ioc_tokens, file_extension_classification]

@@ -1,0 +1,17 @@
+"""Jobs: one per partitioning of the dump (a job's assets share one partitions definition)."""
+
+from dagster import AssetSelection, define_asset_job
+
+sage_dump_shards_job = define_asset_job(
+    "sage_dump_shards_job",
+    selection=AssetSelection.groups("sage_dump") & AssetSelection.assets(["sage_dump", "ioc_file_hashes"], ["sage_dump", "ioc_domains"]),
+    description="The shard-partitioned dump collections (file_rep, domain_classification) for one shard.",
+    tags={"ti_pipeline/heavy": "bson_decode"},
+)
+sage_dump_small_collections_job = define_asset_job(
+    "sage_dump_small_collections_job",
+    selection=AssetSelection.assets(["sage_dump", "ioc_tokens"], ["sage_dump", "ioc_ips"], ["sage_dump", "file_extension_classification"]),
+    description="TOKENS (tokens, IPs, domain overlay) and FILE_EXTENSION_CLASSIFICATION.",
+)
+
+jobs = [sage_dump_shards_job, sage_dump_small_collections_job]

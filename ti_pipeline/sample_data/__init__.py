@@ -1,0 +1,1 @@
+"""Deterministic, realistic sample inputs for the demo, the tests and the benchmarks."""

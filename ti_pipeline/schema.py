@@ -1,0 +1,204 @@
+"""The one schema definition of every target table, for TiDB/MySQL and the embedded SQLite alike."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+metadata = sa.MetaData()
+
+FILE_CLASSIFICATIONS = (
+    "RANSOMWARE",
+    "MALTOOL",
+    "HACKTOOL",
+    "UNWANTED",
+    "MALWARE",
+    "SUSPICIOUS",
+    "BLACKLIST",
+    "AV_DETECTED",
+    "INDIFFERENT",
+    "UNKNOWN",
+)
+# Where a row came from; a curated TOKENS row outranks every automated source.
+SOURCES = ("VIRUS_TOTAL", "MALWARE_BAZAAR", "INTERNAL", "SAGE_DUMP", "TOKENS")
+SUBMISSION_STATES = ("SUCCESS", "NOT_SUPPORTED", "ERROR")
+
+
+def _enum(name: str, values: tuple[str, ...]) -> sa.Enum:
+    return sa.Enum(*values, name=name, native_enum=True, create_constraint=False)
+
+
+def _timestamps() -> list[sa.Column]:
+    return [
+        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+        sa.Column("updated_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    ]
+
+
+ioc_file_hashes = sa.Table(
+    "ioc_file_hashes",
+    metadata,
+    sa.Column("sha256", sa.BINARY(32), primary_key=True),
+    sa.Column("sha1", sa.BINARY(20)),
+    sa.Column("md5", sa.BINARY(16)),
+    sa.Column("classification", _enum("file_classification", FILE_CLASSIFICATIONS), nullable=False),
+    sa.Column("source", _enum("file_source", SOURCES), nullable=False),
+    sa.Column("detection_names", sa.Text),
+    sa.Column("scan_date", sa.DateTime),
+    sa.Column("positives", sa.Integer),
+    sa.Column("total", sa.Integer),
+    sa.Column("first_seen", sa.DateTime),
+    sa.Column("last_seen", sa.DateTime),
+    *_timestamps(),
+    sa.Index("ix_ioc_file_hashes_sha1", "sha1"),
+    sa.Index("ix_ioc_file_hashes_md5", "md5"),
+)
+
+ioc_domains = sa.Table(
+    "ioc_domains",
+    metadata,
+    sa.Column("domain", sa.String(253), primary_key=True),
+    sa.Column("classification", sa.String(32), nullable=False),
+    sa.Column("source", _enum("domain_source", SOURCES), nullable=False),
+    sa.Column("positives", sa.Integer),
+    sa.Column("detected_urls", sa.Integer),
+    sa.Column("malicious_type", sa.String(64)),
+    sa.Column("first_seen", sa.DateTime),
+    sa.Column("last_seen", sa.DateTime),
+    *_timestamps(),
+)
+
+ioc_tokens = sa.Table(
+    "ioc_tokens",
+    metadata,
+    sa.Column("token", sa.String(255), primary_key=True),
+    sa.Column("token_type", sa.String(16), nullable=False),
+    sa.Column("response", sa.String(32), nullable=False),
+    sa.Column("malicious_type", sa.String(64)),
+    sa.Column("source", sa.String(255)),
+    sa.Column("link", sa.Text),
+    *_timestamps(),
+)
+
+ioc_ips = sa.Table(
+    "ioc_ips",
+    metadata,
+    sa.Column("address", sa.String(45), primary_key=True),
+    sa.Column("classification", sa.String(32), nullable=False),
+    sa.Column("source", _enum("ip_source", SOURCES), nullable=False),
+    sa.Column("malicious_type", sa.String(64)),
+    sa.Column("link", sa.Text),
+    *_timestamps(),
+)
+
+file_extension_classification = sa.Table(
+    "file_extension_classification",
+    metadata,
+    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("sources", sa.Text),
+    *_timestamps(),
+)
+
+customer_ioc = sa.Table(
+    "customer_ioc",
+    metadata,
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("ioc_type", sa.String(16), primary_key=True),
+    sa.Column("value", sa.String(255), primary_key=True),
+    sa.Column("action", _enum("customer_action", ("BLOCK", "ALLOW")), nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("submission_id", sa.String(128), nullable=False),
+    sa.Column("submitted_at", sa.DateTime, nullable=False),
+    *_timestamps(),
+)
+
+submission_ledger = sa.Table(
+    "submission_ledger",
+    metadata,
+    sa.Column("submission_id", sa.String(128), primary_key=True),
+    sa.Column("org_id", sa.String(64)),
+    sa.Column("typetag", sa.String(64)),
+    sa.Column("identity_hash", sa.String(64)),
+    sa.Column("state", _enum("submission_state", SUBMISSION_STATES), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("skip", sa.Boolean, nullable=False, default=False),
+    sa.Column("rows_written", sa.Integer, nullable=False, default=0),
+    sa.Column("submitted_at", sa.DateTime),
+    sa.Column("processed_at", sa.DateTime, nullable=False),
+    sa.Index("ix_submission_ledger_identity", "identity_hash"),
+)
+
+threat_actors = sa.Table(
+    "threat_actors",
+    metadata,
+    sa.Column("actor_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("uuid", sa.String(36)),
+    sa.Column("description", sa.Text),
+    sa.Column("country", sa.String(64)),
+    sa.Column("synonyms", sa.Text),
+    sa.Column("refs", sa.Text),
+    sa.Column("families", sa.Text),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("removed", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("last_updated", sa.DateTime, nullable=False),
+)
+
+malware_families = sa.Table(
+    "malware_families",
+    metadata,
+    sa.Column("family_id", sa.String(128), primary_key=True),
+    sa.Column("common_name", sa.String(255)),
+    sa.Column("uuid", sa.String(36)),
+    sa.Column("description", sa.Text),
+    sa.Column("alt_names", sa.Text),
+    sa.Column("attribution", sa.Text),
+    sa.Column("urls", sa.Text),
+    sa.Column("updated", sa.String(32)),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("removed", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("last_updated", sa.DateTime, nullable=False),
+)
+
+actor_techniques = sa.Table(
+    "actor_techniques",
+    metadata,
+    sa.Column("actor_id", sa.String(128), primary_key=True),
+    sa.Column("technique_id", sa.String(16), primary_key=True),
+    sa.Column("technique_name", sa.String(255)),
+    sa.Column("tactic", sa.String(255)),
+    sa.Column("match_method", sa.String(32), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("attack_group", sa.String(255)),
+)
+
+# Inputs that could not be used, with where they came from and why.
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("asset", sa.String(128), nullable=False),
+    sa.Column("partition_key", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(512), nullable=False),
+    sa.Column("byte_offset", sa.BigInteger),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("excerpt", sa.Text),
+    sa.Column("recorded_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    sa.Index("ix_quarantine_asset_partition", "asset", "partition_key"),
+)
+
+
+def ddl(dialect_name: str) -> str:
+    """CREATE statements of every table for a DBA, in ``mysql`` (TiDB) or ``sqlite`` syntax."""
+    from sqlalchemy.dialects import mysql, sqlite
+
+    dialect = {"mysql": mysql.dialect(), "sqlite": sqlite.dialect()}[dialect_name]
+    out = []
+    for table in metadata.sorted_tables:
+        out.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        out.extend(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";" for index in table.indexes)
+    return "\n\n".join(out) + "\n"

@@ -1,0 +1,61 @@
+"""The product's configuration names and the embedded defaults they fall back to.
+
+Every name here is read from the environment only when nothing else set it, so a laptop with nothing
+installed runs on a SQLite warehouse and folders under ``TI_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_NAMES = (
+    "TI_DATA_DIR",
+    "TI_WAREHOUSE_URL",
+    "TI_SAGE_DUMP_URI",
+    "TI_VT_FEED_URI",
+    "TI_EXPORT_URI",
+    "TI_BROCCOLI_URI",
+    "TI_LOADER",
+    "TI_MALPEDIA_URL",
+    "TI_SUBMISSIONS_URI",
+    "TI_SUBMISSIONS_PRIVATE_KEY_FILE",
+)
+
+# Where each object-store name lives under TI_DATA_DIR when it is not set.
+_DEFAULT_FOLDERS = {
+    "TI_SAGE_DUMP_URI": "sage_dump",
+    "TI_VT_FEED_URI": "vt_feed",
+    "TI_EXPORT_URI": "export",
+    "TI_BROCCOLI_URI": "broccoli",
+    "TI_SUBMISSIONS_URI": "submissions",
+}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TI_DATA_DIR") or "./.ti_data").resolve()
+
+
+def default_warehouse_url() -> str:
+    return f"sqlite:///{data_dir() / 'warehouse.sqlite'}"
+
+
+def default_uri(name: str) -> str:
+    """``file://`` URI of the embedded default folder for an object-store setting."""
+    return (data_dir() / _DEFAULT_FOLDERS[name]).as_uri()
+
+
+def resolve(name: str, value: str | None = None) -> str:
+    """The configured value of ``name``: explicit value, else environment, else embedded default."""
+    if value:
+        return value
+    from_env = os.environ.get(name)
+    if from_env:
+        return from_env
+    if name == "TI_WAREHOUSE_URL":
+        return default_warehouse_url()
+    if name in _DEFAULT_FOLDERS:
+        return default_uri(name)
+    if name == "TI_DATA_DIR":
+        return str(data_dir())
+    raise KeyError(f"{name} has no embedded default")
