@@ -18,9 +18,19 @@ ENV_NAMES = (
     "TI_BROCCOLI_URI",
     "TI_LOADER",
     "TI_MALPEDIA_URL",
+    "TI_MALPEDIA_TOKEN",
+    "TI_MALPEDIA_REQUESTS_PER_MINUTE",
+    "TI_MALPEDIA_REQUESTS_PER_HOUR",
     "TI_SUBMISSIONS_URI",
     "TI_SUBMISSIONS_PRIVATE_KEY_FILE",
 )
+
+# Plain values used when a name is set nowhere (the public Malpedia API and its published quota).
+_DEFAULT_VALUES = {
+    "TI_MALPEDIA_URL": "https://malpedia.caad.fkie.fraunhofer.de/api",
+    "TI_MALPEDIA_REQUESTS_PER_MINUTE": "60",
+    "TI_MALPEDIA_REQUESTS_PER_HOUR": "2000",
+}
 
 # Where each object-store name lives under TI_DATA_DIR when it is not set.
 _DEFAULT_FOLDERS = {
@@ -56,6 +66,8 @@ def resolve(name: str, value: str | None = None) -> str:
         return default_warehouse_url()
     if name in _DEFAULT_FOLDERS:
         return default_uri(name)
+    if name in _DEFAULT_VALUES:
+        return _DEFAULT_VALUES[name]
     if name == "TI_DATA_DIR":
         return str(data_dir())
     raise KeyError(f"{name} has no embedded default")

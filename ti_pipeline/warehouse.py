@@ -116,7 +116,11 @@ class Warehouse:
             stored = table.c[rule.newer_column]
             guard = sa.or_(stored.is_(None), new[rule.newer_column] >= stored)
         if rule.protected_source:
-            protected = rule.protected_source
+            # Inlined, as pymysql's multi-row executemany cannot bind parameters after VALUES; the
+            # value is one of the schema's own source names, never input.
+            if rule.protected_source not in schema.SOURCES:
+                raise ValueError(f"not a source: {rule.protected_source!r}")
+            protected = sa.literal_column(f"'{rule.protected_source}'")
             unprotected = table.c.source != protected if guard is None else sa.and_(table.c.source != protected, guard)
             guard = sa.or_(new["source"] == protected, unprotected)
         return guard

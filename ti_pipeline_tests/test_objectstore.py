@@ -40,6 +40,7 @@ def test_generation_precondition_refuses_a_lost_update(tmp_path: Path):
     with pytest.raises(PreconditionFailed):
         store.write_bytes("x.bin", b"lost update", if_generation_match=first.generation)
     assert store.read_bytes("x.bin") == b"new"
+    assert store.stat("x.bin").generation == second.generation
 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs", "a/../../b", "a//b", ""])
