@@ -32,6 +32,11 @@ _DEFAULT_VALUES = {
     "TI_MALPEDIA_REQUESTS_PER_HOUR": "2000",
 }
 
+# Files under TI_DATA_DIR used when a file name is set nowhere (``ti-pipeline sample-data`` makes them).
+_DEFAULT_FILES = {
+    "TI_SUBMISSIONS_PRIVATE_KEY_FILE": "keys/submissions_private.pem",
+}
+
 # Where each object-store name lives under TI_DATA_DIR when it is not set.
 _DEFAULT_FOLDERS = {
     "TI_SAGE_DUMP_URI": "sage_dump",
@@ -68,6 +73,8 @@ def resolve(name: str, value: str | None = None) -> str:
         return default_uri(name)
     if name in _DEFAULT_VALUES:
         return _DEFAULT_VALUES[name]
+    if name in _DEFAULT_FILES:
+        return str(data_dir() / _DEFAULT_FILES[name])
     if name == "TI_DATA_DIR":
         return str(data_dir())
     raise KeyError(f"{name} has no embedded default")

@@ -1,0 +1,1 @@
+"""Encrypted organisation submissions (Cybex-P archive compatible): pure modules, no Dagster."""
