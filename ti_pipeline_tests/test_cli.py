@@ -1,0 +1,20 @@
+from ti_pipeline.cli import main
+
+DUMP_TABLES = ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification")
+
+
+def test_demo_on_embedded_defaults_fills_every_dump_table(data_dir, capsys):
+    assert main(["demo", "--docs-per-shard", "60"]) == 0
+    out = capsys.readouterr().out
+    counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()
+              if line.split() and line.split()[0] in DUMP_TABLES}
+    assert set(counts) == set(DUMP_TABLES) and all(counts.values()), out
+    assert (data_dir / "warehouse.sqlite").is_file()
+    assert (data_dir / "sage_dump" / "r01" / "cybereason" / "TOKENS.bson").is_file()
+
+
+def test_sample_data_is_deterministic(data_dir, capsys):
+    main(["sample-data", "--docs-per-shard", "30"])
+    first = (data_dir / "sage_dump" / "r02" / "cybereason" / "file_rep.bson").read_bytes()
+    main(["sample-data", "--docs-per-shard", "30"])
+    assert (data_dir / "sage_dump" / "r02" / "cybereason" / "file_rep.bson").read_bytes() == first
