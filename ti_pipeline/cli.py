@@ -44,6 +44,53 @@ def _cmd_counts(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    """A new RSA key pair for submissions; the private key is written mode 0600 and never printed."""
+    from pathlib import Path
+
+    from ti_pipeline.submissions import crypto
+
+    private = Path(args.private_key or settings.resolve("TI_SUBMISSIONS_PRIVATE_KEY_FILE"))
+    public = Path(args.public_key) if args.public_key else crypto.default_public_key_path(private)
+    for path in (private, public):
+        if path.exists() and not args.force:
+            print(f"error: {path} exists (use --force to replace it)", file=sys.stderr)
+            return 2
+    private_pem, public_pem = crypto.generate_key_pair(args.bits)
+    crypto.write_private_key(private, private_pem)
+    public.parent.mkdir(parents=True, exist_ok=True)
+    public.write_bytes(public_pem)
+    print(f"private key (mode 0600): {private}\npublic key (give it to the organisations): {public}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    """Encrypt a file for the archive's public key and publish it to the submissions lake."""
+    from pathlib import Path
+
+    from ti_pipeline.objectstore import open_store
+    from ti_pipeline.submissions import crypto, lake
+
+    try:
+        public_key = crypto.import_public_key(Path(args.public_key).read_bytes())
+        payload = Path(args.file).read_bytes()
+        store = open_store(settings.resolve("TI_SUBMISSIONS_URI", args.uri))
+        meta = lake.write_submission(
+            store,
+            org_id=args.org,
+            typetag=args.typetag,
+            payload=payload,
+            public_key=public_key,
+            timezone=args.timezone,
+            name=Path(args.file).name,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{meta.submission_id}  {store.url_of(lake.meta_name(meta.submission_id))}")
+    return 0
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(map(len, counts))
     print()
@@ -71,6 +118,22 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("counts", help="rows per warehouse table")
     p.set_defaults(func=_cmd_counts)
+
+    p = sub.add_parser("keygen", help="make the RSA key pair of the submissions archive (private key mode 0600)")
+    p.add_argument("--private-key", help="default: TI_SUBMISSIONS_PRIVATE_KEY_FILE")
+    p.add_argument("--public-key", help="default: beside the private key, 'private' replaced by 'public'")
+    p.add_argument("--bits", type=int, default=2048)
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("submit", help="encrypt a file for the archive's public key and upload it (Cybex-P format)")
+    p.add_argument("--org", required=True, help="organisation id")
+    p.add_argument("--typetag", required=True, help="payload type: ioc_csv, stix2_bundle, misp_event")
+    p.add_argument("--public-key", required=True, help="the archive's public key (PEM)")
+    p.add_argument("--timezone", default="UTC", help="IANA zone of naive timestamps in the payload")
+    p.add_argument("--uri", help="submissions lake (default: TI_SUBMISSIONS_URI)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_submit)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,8 +3,10 @@
 from dagster import Definitions, multiprocess_executor
 
 from ti_pipeline.assets import sage_dump
+from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.jobs import jobs
-from ti_pipeline.resources import ObjectStoreResource, WarehouseResource, from_env
+from ti_pipeline.resources import ObjectStoreResource, PrivateKeyFileResource, WarehouseResource, from_env
+from ti_pipeline.submission_sensor import submissions_sensor
 
 
 def build_resources() -> dict:
@@ -12,11 +14,16 @@ def build_resources() -> dict:
     return {
         "warehouse": WarehouseResource(url=from_env("TI_WAREHOUSE_URL")),
         "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
+        "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
+        "submissions_private_key": PrivateKeyFileResource(
+            setting="TI_SUBMISSIONS_PRIVATE_KEY_FILE", path=from_env("TI_SUBMISSIONS_PRIVATE_KEY_FILE")
+        ),
     }
 
 
 defs = Definitions(
-    assets=[*sage_dump.assets],
+    assets=[*sage_dump.assets, *submission_assets.assets],
+    sensors=[submissions_sensor],
     jobs=jobs,
     resources=build_resources(),
     executor=multiprocess_executor,

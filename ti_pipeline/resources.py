@@ -49,3 +49,22 @@ class ObjectStoreResource(ConfigurableResource):
 
     def get(self) -> ObjectStore:
         return open_store(self.resolved_uri)
+
+
+class PrivateKeyFileResource(ConfigurableResource):
+    """An RSA private key file named by one setting. Only the path is configuration; the key is read
+    (after refusing a file group or others may access) when an asset asks for it, never logged."""
+
+    setting: str
+    path: str | None = None
+
+    @cached_property
+    def resolved_path(self) -> str:
+        return settings.resolve(self.setting, self.path)
+
+    def load(self):
+        from pathlib import Path
+
+        from ti_pipeline.submissions.crypto import load_private_key
+
+        return load_private_key(Path(self.resolved_path))

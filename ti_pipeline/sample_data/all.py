@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ti_pipeline import settings
 from ti_pipeline.objectstore import open_store
 from ti_pipeline.sample_data.sage import write_sage_dump
+from ti_pipeline.sample_data.submissions import write_submissions
+from ti_pipeline.sample_data.vt import write_vt_feed
 
 
 def write_all(docs_per_shard: int = 2000, seed: int = 0) -> dict[str, int]:
@@ -13,4 +17,11 @@ def write_all(docs_per_shard: int = 2000, seed: int = 0) -> dict[str, int]:
     dump = open_store(settings.resolve("TI_SAGE_DUMP_URI"))
     for name, size in write_sage_dump(dump, docs_per_shard=docs_per_shard, seed=seed).items():
         written[dump.url_of(name)] = size
+    vt_feed = open_store(settings.resolve("TI_VT_FEED_URI"))
+    for name, size in write_vt_feed(vt_feed, seed=seed).items():
+        written[vt_feed.url_of(name)] = size
+    submissions = open_store(settings.resolve("TI_SUBMISSIONS_URI"))
+    key_file = Path(settings.resolve("TI_SUBMISSIONS_PRIVATE_KEY_FILE"))
+    for name, size in write_submissions(submissions, key_file, seed=seed).items():
+        written[submissions.url_of(name)] = size
     return written

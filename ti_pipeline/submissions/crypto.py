@@ -116,6 +116,12 @@ def load_private_key(path: Path) -> RSA.RsaKey:
     return key
 
 
+def default_public_key_path(private: Path) -> Path:
+    """Where the public half goes by default: beside the private key, 'private' replaced by 'public'."""
+    name = private.name.replace("private", "public") if "private" in private.name else private.name + ".pub"
+    return private.with_name(name)
+
+
 def write_private_key(path: Path, pem: bytes) -> None:
     """Write a private key readable by its owner only, from the first byte on (no chmod window)."""
     path = Path(path)

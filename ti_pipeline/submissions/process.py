@@ -166,3 +166,50 @@ def ledger_entry(outcome: Outcome, processed_at: datetime) -> dict:
         "submitted_at": outcome.submitted_at,
         "processed_at": processed_at,
     }
+
+
+def ledger_id_of(object_name: str) -> str:
+    """The ledger key of a metadata object: its submission id, or a stable stand-in for a bad name."""
+    from hashlib import sha256
+
+    from ti_pipeline.submissions.lake import submission_id_of
+
+    return submission_id_of(object_name) or f"badname-{sha256(object_name.encode()).hexdigest()[:40]}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    to_process: list[str]  # metadata object names, oldest first
+    already_in_ledger: int
+    requested_missing: list[str]
+    left_for_later: int
+
+
+def select_pending(
+    listed: list[tuple[float, str]],
+    ledger: dict[str, bool],
+    *,
+    requested: list[str],
+    force: bool,
+    cap: int,
+) -> Selection:
+    """Which listed metadata objects (updated, name) a run processes.
+
+    Not yet in the ledger: always. In the ledger: only when forced, and then a listed submission
+    whatever its state, otherwise those marked skip (NOT_SUPPORTED, ERROR). ``requested`` (ledger ids)
+    narrows the run to those submissions; at most ``cap`` are taken, the rest are left for later.
+    """
+    wanted = set(requested)
+    chosen, in_ledger = [], 0
+    seen_ids = set()
+    for _updated, name in sorted(listed):
+        sid = ledger_id_of(name)
+        if wanted and sid not in wanted:
+            continue
+        seen_ids.add(sid)
+        if sid in ledger and not (force and (wanted or ledger[sid])):
+            in_ledger += 1
+            continue
+        chosen.append(name)
+    missing = sorted(wanted - seen_ids)
+    return Selection(chosen[:cap], in_ledger, missing, max(0, len(chosen) - cap))
