@@ -38,6 +38,7 @@ def demo_steps() -> list[DemoStep]:
                 AssetKey(["sage_dump", "file_extension_classification"]),
             ],
         ),
+        DemoStep("Organisation submissions (decrypt, ledger, customer_ioc)", [AssetKey(["customer_ioc"])]),
     ]
 
 
