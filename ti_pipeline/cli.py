@@ -31,7 +31,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_all(docs_per_shard=args.docs_per_shard, seed=0)
     counts = run_demo()
     _print_counts(counts)
-    empty = [t for t in ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification") if not counts[t]]
+    empty = [t for t in ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification", "customer_ioc", "submission_ledger") if not counts[t]]
     print(f"\nwarehouse: {settings.resolve('TI_WAREHOUSE_URL')}")
     print("open the UI with `make dev` (http://127.0.0.1:3000) to see the runs and their metadata.")
     return 1 if empty else 0
