@@ -4,8 +4,15 @@ from dagster import Definitions, multiprocess_executor
 
 from ti_pipeline.assets import sage_dump
 from ti_pipeline.assets import submissions as submission_assets
+from ti_pipeline.assets import threat_actors as threat_actor_assets
 from ti_pipeline.jobs import jobs
-from ti_pipeline.resources import ObjectStoreResource, PrivateKeyFileResource, WarehouseResource, from_env
+from ti_pipeline.resources import (
+    MalpediaResource,
+    ObjectStoreResource,
+    PrivateKeyFileResource,
+    WarehouseResource,
+    from_env,
+)
 from ti_pipeline.submission_sensor import submissions_sensor
 
 
@@ -15,6 +22,7 @@ def build_resources() -> dict:
         "warehouse": WarehouseResource(url=from_env("TI_WAREHOUSE_URL")),
         "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
         "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
+        "malpedia": MalpediaResource(url=from_env("TI_MALPEDIA_URL"), token=from_env("TI_MALPEDIA_TOKEN")),
         "submissions_private_key": PrivateKeyFileResource(
             setting="TI_SUBMISSIONS_PRIVATE_KEY_FILE", path=from_env("TI_SUBMISSIONS_PRIVATE_KEY_FILE")
         ),
@@ -22,7 +30,7 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*sage_dump.assets, *submission_assets.assets],
+    assets=[*sage_dump.assets, *submission_assets.assets, *threat_actor_assets.assets],
     sensors=[submissions_sensor],
     jobs=jobs,
     resources=build_resources(),

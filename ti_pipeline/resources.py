@@ -68,3 +68,42 @@ class PrivateKeyFileResource(ConfigurableResource):
         from ti_pipeline.submissions.crypto import load_private_key
 
         return load_private_key(Path(self.resolved_path))
+
+
+class MalpediaResource(ConfigurableResource):
+    """The Malpedia REST API (``TI_MALPEDIA_URL``), within its request budget (60/min, 2000/h by default).
+
+    Limits left unset come from ``TI_MALPEDIA_REQUESTS_PER_MINUTE`` / ``_PER_HOUR`` at run time, so a
+    loopback server (tests, the demo) can lift them without touching the definitions.
+    """
+
+    url: str | None = None
+    token: str | None = None
+    requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    concurrency: int = 4
+    max_retries: int = 5
+    backoff_base_seconds: float = 1.0
+    max_retry_wait_seconds: float = 3600.0
+    timeout_seconds: float = 60.0
+
+    def budget(self):
+        from ti_pipeline.malpedia.budget import RequestBudget
+
+        per_minute = self.requests_per_minute or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_MINUTE"))
+        per_hour = self.requests_per_hour or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_HOUR"))
+        return RequestBudget([(per_minute, 60.0), (per_hour, 3600.0)])
+
+    def client(self):
+        """A new client (use it as ``async with``); the token only ever goes into its request header."""
+        from ti_pipeline.malpedia.client import MalpediaClient
+
+        return MalpediaClient(
+            settings.resolve("TI_MALPEDIA_URL", self.url),
+            token=self.token,
+            budget=self.budget(),
+            max_retries=self.max_retries,
+            backoff_base=self.backoff_base_seconds,
+            max_retry_wait=self.max_retry_wait_seconds,
+            timeout=self.timeout_seconds,
+        )

@@ -141,10 +141,15 @@ threat_actors = sa.Table(
     sa.Column("synonyms", sa.Text),
     sa.Column("refs", sa.Text),
     sa.Column("families", sa.Text),
+    # Every meta field as canonical JSON (cfr-*, attribution-confidence, ...) and the galaxy relations.
+    sa.Column("meta", sa.Text),
+    sa.Column("related", sa.Text),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("removed", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("last_updated", sa.DateTime, nullable=False),
+    # content_hash@ATT&CK data version the techniques were computed from; differs => re-enrich.
+    sa.Column("enriched_with", sa.String(128)),
 )
 
 malware_families = sa.Table(
@@ -174,6 +179,15 @@ actor_techniques = sa.Table(
     sa.Column("match_method", sa.String(32), nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("attack_group", sa.String(255)),
+)
+
+# The last version of an external source that was synced completely (Malpedia's /api/get/version).
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("synced_at", sa.DateTime, nullable=False),
 )
 
 # Inputs that could not be used, with where they came from and why.

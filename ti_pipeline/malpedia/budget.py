@@ -1,0 +1,85 @@
+"""A request budget over several sliding windows, and the retry delay after a refused request.
+
+Malpedia allows 60 requests a minute and 2000 an hour. ``RequestBudget.reserve`` claims the next slot
+that keeps every window within its limit and says how long to wait for it; the clock is injectable so
+the schedule itself can be tested without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
+
+
+class RequestBudget:
+    """At most ``n`` requests in any ``window`` seconds, for every ``(n, window)`` in ``limits``."""
+
+    def __init__(self, limits: Sequence[tuple[int, float]] = DEFAULT_LIMITS, clock: Callable[[], float] = time.monotonic):
+        if any(n < 1 or window <= 0 for n, window in limits):
+            raise ValueError(f"every limit needs n >= 1 and window > 0: {list(limits)}")
+        self.limits = [(int(n), float(window)) for n, window in limits]
+        self.clock = clock
+        # Start times of the last n requests of each window, in non-decreasing order.
+        self._starts = [deque(maxlen=n) for n, _ in self.limits]
+        self._hold_until = float("-inf")
+        self.waited = 0.0
+
+    def reserve(self) -> float:
+        """Claim the next free slot; returns the seconds to wait before sending the request."""
+        now = self.clock()
+        start = max(now, self._hold_until)
+        for (n, window), starts in zip(self.limits, self._starts, strict=True):
+            if len(starts) == n:
+                start = max(start, starts[0] + window)
+        for starts in self._starts:
+            starts.append(start)
+        wait = start - now
+        self.waited += wait
+        return wait
+
+    def hold(self, seconds: float) -> None:
+        """No request may start in the next ``seconds`` (the server asked everyone to slow down)."""
+        self._hold_until = max(self._hold_until, self.clock() + seconds)
+
+    async def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_delay(
+    attempt: int,
+    retry_after: float | None,
+    *,
+    base: float = 1.0,
+    cap: float = 300.0,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with jitter for ``attempt`` (0 = first retry), never below ``Retry-After``.
+
+    The jitter spreads clients that were refused together, so they do not come back together.
+    """
+    backoff = min(cap, base * 2**attempt) * (0.5 + rand() / 2)
+    if retry_after is None:
+        return backoff
+    return max(retry_after, backoff) + rand() * min(1.0, base)

@@ -1,0 +1,49 @@
+"""Small ``vt_file_reports`` partitions written with the schema of ``ti_pipeline.exports``, for the tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ti_pipeline.exports import VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.objectstore import ObjectStore
+
+
+def sha1(n: int) -> str:
+    return hashlib.sha1(str(n).encode()).hexdigest()
+
+
+def write_vt_export(store: ObjectStore, day: str, parts: list[list[str | None]], *, manifest: bool = True) -> list[dict]:
+    """One part per list of SHA1s (None = a row without SHA1); the manifest last, as the exporter does."""
+    listed = []
+    serial = 0
+    for index, sha1s in enumerate(parts):
+        rows = []
+        for value in sha1s:
+            serial += 1
+            rows.append(
+                {
+                    "sha256": hashlib.sha256(f"{day}-{serial}".encode()).digest(),
+                    "sha1": bytes.fromhex(value) if value else None,
+                    "md5": None,
+                    "positives": 3,
+                    "total": 70,
+                    "scan_date": datetime(2020, 11, 5, tzinfo=UTC),
+                    "detection_names": "E1:Mal",
+                    "source_package": f"{day.replace('-', '')}T0000",
+                }
+            )
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, VT_FILE_REPORTS), buffer)
+        name = part_name("vt_file_reports", day, index)
+        info = store.write_bytes(name, buffer.getvalue())
+        listed.append({"name": name, "rows": len(rows), "generation": info.generation})
+    if manifest:
+        doc = {"parts": listed, "rows": sum(p["rows"] for p in listed)}
+        store.write_bytes(success_name("vt_file_reports", day), orjson.dumps(doc))
+    return listed
