@@ -206,6 +206,46 @@ quarantine = sa.Table(
 )
 
 
+# Per-day staging tables of the VT load: the Parquet export schemas (``ti_pipeline.exports``) as
+# tables, so LOAD DATA, Lightning and IMPORT INTO fill them column for column. They live in their
+# own MetaData: ``create_schema`` never creates them, the loader creates and drops one per load.
+def _staging_type(arrow_type) -> sa.types.TypeEngine:
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_binary(arrow_type):
+        return sa.BINARY(arrow_type.byte_width)
+    if pa.types.is_int16(arrow_type):
+        return sa.SmallInteger()
+    if pa.types.is_integer(arrow_type):
+        return sa.Integer()
+    if pa.types.is_timestamp(arrow_type):
+        return sa.DateTime()
+    if pa.types.is_string(arrow_type):
+        return sa.Text()
+    raise TypeError(f"no staging column type for {arrow_type}")
+
+
+def staging_table(name: str, arrow_schema, primary_key: str) -> sa.Table:
+    """A table with one column per field of ``arrow_schema`` (same names), keyed by ``primary_key``."""
+    columns = [
+        sa.Column(f.name, _staging_type(f.type), primary_key=f.name == primary_key, nullable=f.name != primary_key)
+        for f in arrow_schema
+    ]
+    return sa.Table(name, sa.MetaData(), *columns)
+
+
+def vt_load_staging(day_yyyymmdd: str) -> tuple[sa.Table, sa.Table]:
+    """The VT reports and Broccoli sidecar staging tables of one export day (``YYYYMMDD``)."""
+    from ti_pipeline.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
+
+    if not (len(day_yyyymmdd) == 8 and day_yyyymmdd.isdigit()):
+        raise ValueError(f"not a YYYYMMDD day: {day_yyyymmdd!r}")
+    return (
+        staging_table(f"stage_vt_file_reports_{day_yyyymmdd}", VT_FILE_REPORTS, "sha256"),
+        staging_table(f"stage_broccoli_{day_yyyymmdd}", BROCCOLI_CLASSIFICATIONS, "sha1"),
+    )
+
+
 def ddl(dialect_name: str) -> str:
     """CREATE statements of every table for a DBA, in ``mysql`` (TiDB) or ``sqlite`` syntax."""
     from sqlalchemy.dialects import mysql, sqlite

@@ -1,0 +1,148 @@
+"""Load one export day: check it is complete, stage it with the chosen loader, merge, verify.
+
+A killed run leaves at most a staging table behind (re-created by the next run) and merged chunks
+that re-apply identically, so re-running any day, at any point, ends in the same table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import sqlalchemy as sa
+
+from ti_pipeline import keys, schema
+from ti_pipeline.accounting import Accounting, QuarantineRecord
+from ti_pipeline.loaders.base import EventHook, LoadSettings, Stager, StageRequest, retrying
+from ti_pipeline.loaders.exports_reader import DayExport, check_parts, require_day_export
+from ti_pipeline.loaders.merge import MergePlan, key_ranges, merge_range
+from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.warehouse import Warehouse
+
+REPORTS_DATASET = "vt_file_reports"
+SIDECAR_DATASET = "broccoli_classifications"
+# Accounting names: why a staged report row was not written.
+KEPT_OLDER = "newer_scan_already_stored"
+DUPLICATE = "duplicate_sha256_in_export"
+
+
+@dataclass
+class DayLoad:
+    """What a day's load did: the balance of its report rows and the check figures."""
+
+    accounting: Accounting
+    reports: DayExport
+    sidecar: DayExport
+    staged: int
+    missing_after_merge: int
+
+
+def make_stager(name: str) -> Stager:
+    from ti_pipeline.loaders.import_into import ImportIntoStager
+    from ti_pipeline.loaders.lightning import LightningStager
+    from ti_pipeline.loaders.sql import SqlStager
+
+    return {"sql": SqlStager, "lightning": LightningStager, "import_into": ImportIntoStager}[name]()
+
+
+def recreate(warehouse: Warehouse, *tables: sa.Table) -> None:
+    """Drop and create the staging tables (a killed earlier run may have left them half full)."""
+    with warehouse.engine.begin() as conn:
+        for table in tables:
+            table.drop(conn, checkfirst=True)
+            table.create(conn)
+
+
+def drop(warehouse: Warehouse, *tables: sa.Table) -> None:
+    with warehouse.engine.begin() as conn:
+        for table in tables:
+            table.drop(conn, checkfirst=True)
+
+
+def load_day(
+    warehouse: Warehouse,
+    store: ObjectStore,
+    day: date | str,
+    settings: LoadSettings,
+    *,
+    log: logging.Logger,
+    quarantine: Callable[[Sequence[QuarantineRecord]], None],
+    on_event: EventHook | None = None,
+) -> DayLoad:
+    day = keys.day(day)
+    reports = require_day_export(store, REPORTS_DATASET, day)
+    sidecar = require_day_export(store, SIDECAR_DATASET, day)
+    check_parts(store, reports)
+    check_parts(store, sidecar)
+    reports_table, sidecar_table = schema.vt_load_staging(reports.yyyymmdd)
+    recreate(warehouse, reports_table, sidecar_table)
+    stager = make_stager(settings.loader)
+    acc = Accounting()
+    started = time.monotonic()
+    log.info(f"staging {len(reports.parts)} part(s) of {store.url_of(reports.prefix)} with the {stager.name} loader")
+    staged_result = stager.stage(
+        StageRequest(warehouse, store, reports, sidecar, reports_table, sidecar_table, settings, log, quarantine, on_event)
+    )
+    staging_seconds = time.monotonic() - started
+    acc.read = staged_result.read
+    acc.rejected.update(staged_result.rejected)
+    acc.figures.update(staged_result.figures)
+    staged = warehouse.count(reports_table)
+    duplicates = acc.read - acc.rejected_total - staged
+    if duplicates < 0:
+        raise RuntimeError(f"{reports_table.name} holds {staged} rows but only {acc.read} were read")
+    if duplicates:
+        acc.reject(DUPLICATE, duplicates)
+        log.warning(f"{duplicates} report row(s) repeat a sha256 of the same day; the first copy was kept")
+    acc.figures["staged_rows"] = staged
+    acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
+
+    started = time.monotonic()
+    outcomes = merge_staged(warehouse, MergePlan(reports_table, sidecar_table, warehouse.dialect), settings, log, acc, on_event)
+    merge_seconds = time.monotonic() - started
+    acc.written = outcomes["inserted"] + outcomes["updated"] + outcomes["reapplied"]
+    acc.filter(KEPT_OLDER, outcomes["kept_older"])
+    for name in ("inserted", "updated", "reapplied", "kept_older", "token_rows"):
+        acc.figures[name] = outcomes[name]
+    with warehouse.engine.connect() as conn:
+        missing = conn.execute(MergePlan(reports_table, sidecar_table, warehouse.dialect).missing_statement()).scalar_one()
+    drop(warehouse, reports_table, sidecar_table)
+    acc.figures["staging_ms"] = round(staging_seconds * 1000)
+    acc.figures["merge_ms"] = round(merge_seconds * 1000)
+    log.info(
+        f"{day}: read {acc.read:,}, inserted {outcomes['inserted']:,}, updated {outcomes['updated']:,}, "
+        f"reapplied {outcomes['reapplied']:,}, kept older {outcomes['kept_older']:,}, rejected {acc.rejected_total:,} "
+        f"(staging {staging_seconds:.1f}s, merge {merge_seconds:.1f}s)"
+    )
+    return DayLoad(acc, reports, sidecar, staged, missing)
+
+
+def merge_staged(
+    warehouse: Warehouse,
+    plan: MergePlan,
+    settings: LoadSettings,
+    log: logging.Logger,
+    acc: Accounting,
+    on_event: EventHook | None,
+):
+    """Merge the staged rows chunk by chunk of keys; each chunk is one retried transaction."""
+    totals: Counter[str] = Counter()
+    with warehouse.engine.connect() as conn:
+        ranges = list(key_ranges(conn, plan, settings.merge_chunk_rows))
+    for index, (lo, hi) in enumerate(ranges):
+        outcome: dict[str, Counter[str]] = {}
+
+        def work(lo=lo, hi=hi, outcome=outcome) -> None:
+            with warehouse.engine.begin() as conn:
+                outcome["counts"] = merge_range(conn, plan, lo, hi)
+
+        retrying(work, f"merge chunk {index}", log, acc.figures)
+        totals.update(outcome["counts"])
+        acc.figures["merge_chunks"] += 1
+        if on_event is not None:
+            on_event("merged_chunk", index)
+    return totals
