@@ -1,6 +1,5 @@
 """The 2020-11-05 Sage MongoDB dump into the IOC tables (the baseline every feed updates)."""
 
-import gzip
 from collections.abc import Iterable
 
 from dagster import (
@@ -24,21 +23,11 @@ from ti_pipeline.objectstore import ObjectStore
 from ti_pipeline.partitions import dump_shards
 from ti_pipeline.quality import invalid_keys
 from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.sage.pipeline import process_stream
-from ti_pipeline.warehouse import MergeRule, Warehouse
+from ti_pipeline.sage.load import TABLES, load_dump_file
+from ti_pipeline.warehouse import Warehouse
 
 GROUP = "sage_dump"
 PREFIX = "sage_dump"
-TABLES = {t.name: t for t in schema.metadata.sorted_tables}
-# How a dump row merges with what a table already holds: the newest scan wins, curated TOKENS
-# entries are never overwritten by an automated classification.
-MERGE_RULES = {
-    "ioc_file_hashes": MergeRule(newer_column="scan_date"),
-    "ioc_domains": MergeRule(newer_column="last_seen", protected_source="TOKENS"),
-    "ioc_ips": MergeRule(protected_source="TOKENS"),
-    "ioc_tokens": MergeRule(),
-    "file_extension_classification": MergeRule(),
-}
 
 
 class SageDumpConfig(Config):
@@ -69,27 +58,23 @@ def load_collection(
     files = [name for shard in shards for name in dump_files(store, shard, collection)]
     if not files:
         raise Failure(f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)}")
-    acc = Accounting()
-    nbytes = 0
     warehouse.clear_quarantine(asset_name, partition_key)
+    total = Accounting()
     progress = Progress(context.log, f"{asset_name}[{partition_key}]")
     for name in files:
         context.log.info(f"reading {store.url_of(name)}")
-        with store.open_read(name) as raw:
-            stream = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
-            for result in process_stream(
-                stream, collection, store.url_of(name), workers=config.workers, block_bytes=config.block_mib << 20
-            ):
-                for table_name, rows in result.rows.items():
-                    warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
-                warehouse.add_quarantine(asset_name, partition_key, result.quarantine)
-                acc.merge(result.accounting)
-                nbytes += result.bytes_read
-                progress.update(acc.read, nbytes)
-    progress.update(acc.read, nbytes, force=True)
-    acc.figures["bytes_read"] = nbytes
-    acc.figures["files"] = len(files)
-    return acc
+        done = total.read, total.figures["bytes_read"]
+        acc = load_dump_file(
+            store, name, collection, warehouse,
+            quarantine_key=(asset_name, partition_key),
+            workers=config.workers,
+            block_bytes=config.block_mib << 20,
+            on_progress=lambda a, n, done=done: progress.update(done[0] + a.read, done[1] + n),
+        )
+        total.merge(acc)
+    progress.update(total.read, total.figures["bytes_read"], force=True)
+    total.figures["files"] = len(files)
+    return total
 
 
 def key_check(warehouse: Warehouse, table_name: str, asset_key: AssetKey) -> AssetCheckResult:

@@ -81,10 +81,12 @@ def parse_scan_date(value: object) -> datetime | None:
     """VT v2 ``scan_date`` ("YYYY-MM-DD HH:MM:SS", UTC) as a naive UTC datetime."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=None)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) != 19 or value[4] != "-" or value[10] != " ":
         return None
-    try:
-        return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S")
+    try:  # fixed positions: 10x cheaper than strptime on the hot path
+        return datetime(
+            int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]), int(value[14:16]), int(value[17:19])
+        )
     except ValueError:
         return None
 
@@ -93,11 +95,15 @@ def detection_names(scans: object) -> str | None:
     """``Engine:Result`` of every detecting engine, joined by ``;`` (the upstream format)."""
     if not isinstance(scans, dict):
         return None
-    names = [
-        f"{engine}:{result['result']}"
-        for engine, result in scans.items()
-        if isinstance(result, dict) and result.get("detected") is True and isinstance(result.get("result"), str)
-    ]
+    names = []
+    for engine, result in scans.items():
+        try:
+            if result["detected"] is True:
+                label = result["result"]
+                if type(label) is str:
+                    names.append(f"{engine}:{label}")
+        except (TypeError, KeyError, IndexError):  # an engine entry of another shape
+            continue
     return ";".join(names) or None
 
 

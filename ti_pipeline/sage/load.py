@@ -1,0 +1,52 @@
+"""One dump file into the warehouse: stream, decode in a pool, upsert, quarantine, account."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+
+from ti_pipeline import schema
+from ti_pipeline.accounting import Accounting
+from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.sage.pipeline import process_stream
+from ti_pipeline.warehouse import MergeRule, Warehouse
+
+TABLES = {t.name: t for t in schema.metadata.sorted_tables}
+# How a dump row merges with what a table already holds: the newest scan wins, curated TOKENS
+# entries are never overwritten by an automated classification.
+MERGE_RULES = {
+    "ioc_file_hashes": MergeRule(newer_column="scan_date"),
+    "ioc_domains": MergeRule(newer_column="last_seen", protected_source="TOKENS"),
+    "ioc_ips": MergeRule(protected_source="TOKENS"),
+    "ioc_tokens": MergeRule(),
+    "file_extension_classification": MergeRule(),
+}
+
+
+def load_dump_file(
+    store: ObjectStore,
+    name: str,
+    collection: str,
+    warehouse: Warehouse,
+    *,
+    quarantine_key: tuple[str, str],
+    workers: int = 0,
+    block_bytes: int = 4 << 20,
+    on_progress: Callable[[Accounting, int], None] | None = None,
+) -> Accounting:
+    """Load ``name`` (``.bson`` or ``.bson.gz``); rejected documents go to the quarantine under
+    ``quarantine_key`` (asset, partition). Returns the file's accounting (``bytes_read`` in figures)."""
+    acc = Accounting()
+    nbytes = 0
+    with store.open_read(name) as raw:
+        stream = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
+        for result in process_stream(stream, collection, store.url_of(name), workers=workers, block_bytes=block_bytes):
+            for table_name, rows in result.rows.items():
+                warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
+            warehouse.add_quarantine(*quarantine_key, result.quarantine)
+            acc.merge(result.accounting)
+            nbytes += result.bytes_read
+            if on_progress:
+                on_progress(acc, nbytes)
+    acc.figures["bytes_read"] = nbytes
+    return acc
