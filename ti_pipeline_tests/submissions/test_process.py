@@ -1,0 +1,111 @@
+import json
+from datetime import datetime
+
+import pytest
+
+from ti_pipeline.submissions import crypto
+from ti_pipeline.submissions.lake import SubmissionMeta
+from ti_pipeline.submissions.process import (
+    ERROR,
+    NOT_SUPPORTED,
+    SUCCESS,
+    ledger_entry,
+    ledger_id_of,
+    process_submission,
+    select_pending,
+)
+from ti_pipeline_tests.submissions.keyring import archive_key, other_key
+
+MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+WHEN = datetime(2026, 11, 1, 8, 0)
+
+
+def meta(typetag: str = "ioc_csv", sid: str = "s1", org: str = "acme") -> SubmissionMeta:
+    return SubmissionMeta(sid, "n", org, "UTC", typetag, WHEN)
+
+
+def no_duplicates(org: str, identity: str, sid: str) -> None:
+    return None
+
+
+def run(payload: bytes, typetag: str = "ioc_csv", key=None, **kw):
+    blob = crypto.encrypt(payload, (key or archive_key()).publickey())
+    return process_submission(meta(typetag), blob, archive_key(), source="lake/blobs/s1.bin",
+                              find_duplicate=kw.pop("find_duplicate", no_duplicates), **kw)
+
+
+def test_success_rows_accounting_and_quarantine_without_payload():
+    payload = f"type,value,action,comment\nmd5,{MD5},block,a\nmd5,{MD5.upper()},allow,b\nsha1,zz,block,secretish\n"
+    outcome = run(payload.encode())
+    assert (outcome.state, outcome.reason, outcome.skip) == (SUCCESS, None, False)
+    assert outcome.rows == [{"org_id": "acme", "ioc_type": "md5", "value": MD5, "action": "ALLOW", "comment": "b",
+                             "submission_id": "s1", "submitted_at": WHEN}]
+    acc = outcome.accounting
+    assert (acc.read, acc.written, dict(acc.filtered), dict(acc.rejected)) == (
+        3, 1, {"repeated_in_submission": 1}, {"invalid sha1 value": 1})
+    [q] = outcome.quarantine
+    assert (q.source, q.reason, q.offset, q.excerpt) == ("lake/blobs/s1.bin", "invalid sha1 value", 2, "")
+    entry = ledger_entry(outcome, WHEN)
+    assert entry["state"] == SUCCESS and entry["rows_written"] == 1 and entry["skip"] is False
+    assert len(entry["identity_hash"]) == 64
+
+
+def test_not_supported_names_the_typetag():
+    outcome = run(b"<ioc/>", typetag="openioc_xml")
+    assert (outcome.state, outcome.skip, outcome.rows) == (NOT_SUPPORTED, True, [])
+    assert outcome.reason == "no parser for typetag 'openioc_xml' (supported: ioc_csv, misp_event, stix2_bundle)"
+
+
+@pytest.mark.parametrize(
+    ("payload", "typetag", "kind", "reason"),
+    [
+        (b"\xff\xfe not utf-8", "ioc_csv", "payload", "payload is not UTF-8 text"),
+        (b'{"Event": [1, "SECRET-MARKER"]}', "misp_event", "payload", "not a MISP event"),
+        (b'{"SECRET-MARKER": ', "stix2_bundle", "payload", "payload is not JSON: Expecting value at line 1"),
+    ],
+)
+def test_error_states_with_reasons(payload: bytes, typetag: str, kind: str, reason: str):
+    outcome = run(payload, typetag=typetag)
+    assert (outcome.state, outcome.error_kind, outcome.skip) == (ERROR, kind, True)
+    assert outcome.reason.startswith(reason) and "SECRET-MARKER" not in outcome.reason
+
+
+def test_wrong_key_tampered_and_oversized_blobs():
+    wrong = run(b"type,value\n", key=other_key())
+    assert (wrong.state, wrong.error_kind) == (ERROR, "decrypt")
+    assert "another key" in wrong.reason
+    blob = bytearray(crypto.encrypt(b"type,value\n", archive_key().publickey()))
+    blob[-1] ^= 1
+    tampered = process_submission(meta(), bytes(blob), archive_key(), source="s", find_duplicate=no_duplicates)
+    assert (tampered.state, tampered.reason) == (ERROR, "payload authentication failed (tampered or truncated blob)")
+    big = run(b"x" * 100, max_payload_bytes=200)
+    assert (big.state, big.error_kind, big.reason) == (ERROR, "too_large", "blob of 388 bytes exceeds the 200-byte cap")
+
+
+def test_duplicate_is_success_without_rows_and_checks_org_and_identity():
+    asked = []
+
+    def earlier(org: str, identity: str, sid: str) -> str:
+        asked.append((org, identity, sid))
+        return "s0"
+
+    event = {"Event": {"Attribute": [{"type": "md5", "value": MD5}]}}
+    outcome = run(json.dumps(event).encode(), typetag="misp_event", find_duplicate=earlier)
+    assert (outcome.state, outcome.duplicate_of, outcome.rows, outcome.accounting.read) == (SUCCESS, "s0", [], 0)
+    assert outcome.reason == "duplicate of s0: same content, rows not written again"
+    assert asked == [("acme", outcome.identity_hash, "s1")]
+
+
+def test_select_pending_new_forced_requested_and_capped():
+    listed = [(3.0, "meta/c.json"), (1.0, "meta/a.json"), (2.0, "meta/b.json"), (4.0, "meta/bad name.json")]
+    bad = ledger_id_of("meta/bad name.json")
+    assert bad.startswith("badname-") and len(bad) == 48
+    ledger = {"a": False, "b": True}
+    plain = select_pending(listed, ledger, requested=[], force=False, cap=10)
+    assert (plain.to_process, plain.already_in_ledger) == (["meta/c.json", "meta/bad name.json"], 2)
+    forced = select_pending(listed, ledger, requested=[], force=True, cap=10)
+    assert forced.to_process == ["meta/b.json", "meta/c.json", "meta/bad name.json"]
+    named = select_pending(listed, ledger, requested=["a", "zz"], force=True, cap=10)
+    assert (named.to_process, named.requested_missing) == (["meta/a.json"], ["zz"])
+    capped = select_pending(listed, {}, requested=[], force=False, cap=2)
+    assert (capped.to_process, capped.left_for_later) == (["meta/a.json", "meta/b.json"], 2)
