@@ -107,3 +107,32 @@ class MalpediaResource(ConfigurableResource):
             max_retry_wait=self.max_retry_wait_seconds,
             timeout=self.timeout_seconds,
         )
+
+
+class BroccoliResource(ConfigurableResource):
+    """Broccoli's per-SHA1 classification objects (``TI_BROCCOLI_URI``: gs://, http(s):// or file://)."""
+
+    uri: str | None = None
+    attempts: int = 6
+    """Tries per SHA1 for 429, 5xx, timeouts and dropped connections, the first included."""
+    base_delay_seconds: float = 0.25
+    max_delay_seconds: float = 30.0
+    max_retry_after_seconds: float = 120.0
+    timeout_seconds: float = 10.0
+
+    @cached_property
+    def resolved_uri(self) -> str:
+        return settings.resolve("TI_BROCCOLI_URI", self.uri)
+
+    def client(self, concurrency: int = 500):
+        """A new lookup client (one aiohttp session per use); tokens come from google-auth for gs://."""
+        from ti_pipeline.broccoli.client import BroccoliClient, RetryPolicy
+
+        policy = RetryPolicy(
+            attempts=self.attempts,
+            base_delay=self.base_delay_seconds,
+            max_delay=self.max_delay_seconds,
+            max_retry_after=self.max_retry_after_seconds,
+            timeout=self.timeout_seconds,
+        )
+        return BroccoliClient(self.resolved_uri, policy=policy, concurrency=concurrency)
