@@ -2,7 +2,7 @@
 
 from dagster import Definitions, multiprocess_executor
 
-from ti_pipeline.assets import sage_dump
+from ti_pipeline.assets import sage_dump, vt_feed
 from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.assets import threat_actors as threat_actor_assets
 from ti_pipeline.jobs import jobs
@@ -13,6 +13,7 @@ from ti_pipeline.resources import (
     WarehouseResource,
     from_env,
 )
+from ti_pipeline.schedules import schedules
 from ti_pipeline.submission_sensor import submissions_sensor
 
 
@@ -21,6 +22,8 @@ def build_resources() -> dict:
     return {
         "warehouse": WarehouseResource(url=from_env("TI_WAREHOUSE_URL")),
         "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
+        "vt_feed": ObjectStoreResource(setting="TI_VT_FEED_URI", uri=from_env("TI_VT_FEED_URI")),
+        "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=from_env("TI_EXPORT_URI")),
         "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
         "malpedia": MalpediaResource(url=from_env("TI_MALPEDIA_URL"), token=from_env("TI_MALPEDIA_TOKEN")),
         "submissions_private_key": PrivateKeyFileResource(
@@ -30,9 +33,10 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*sage_dump.assets, *submission_assets.assets, *threat_actor_assets.assets],
+    assets=[*sage_dump.assets, *vt_feed.assets, *submission_assets.assets, *threat_actor_assets.assets],
     sensors=[submissions_sensor],
     jobs=jobs,
+    schedules=schedules,
     resources=build_resources(),
     executor=multiprocess_executor,
 )

@@ -23,8 +23,10 @@ class DemoStep:
 
 def demo_steps() -> list[DemoStep]:
     from ti_pipeline.keys import SHARDS
+    from ti_pipeline.sample_data.vt import SAMPLE_DAYS
 
     return [
+        DemoStep("VT feed days to Parquet", [AssetKey(["vt_file_reports"])], SAMPLE_DAYS),
         DemoStep(
             "Sage dump shards",
             [AssetKey(["sage_dump", "ioc_file_hashes"]), AssetKey(["sage_dump", "ioc_domains"])],

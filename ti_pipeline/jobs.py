@@ -13,5 +13,11 @@ sage_dump_small_collections_job = define_asset_job(
     selection=AssetSelection.assets(["sage_dump", "ioc_tokens"], ["sage_dump", "ioc_ips"], ["sage_dump", "file_extension_classification"]),
     description="TOKENS (tokens, IPs, domain overlay) and FILE_EXTENSION_CLASSIFICATION.",
 )
+vt_file_reports_job = define_asset_job(
+    "vt_file_reports_job",
+    selection=AssetSelection.assets("vt_file_reports"),
+    description="One VT feed day (or a range of days) to the vt_file_reports Parquet partition.",
+    tags={"ti_pipeline/heavy": "vt_decompress"},
+)
 
-jobs = [sage_dump_shards_job, sage_dump_small_collections_job]
+jobs = [sage_dump_shards_job, sage_dump_small_collections_job, vt_file_reports_job]
