@@ -2,11 +2,13 @@
 
 from dagster import Definitions, multiprocess_executor
 
+from ti_pipeline.assets import broccoli as broccoli_assets
 from ti_pipeline.assets import sage_dump, vt_feed
 from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.assets import threat_actors as threat_actor_assets
 from ti_pipeline.jobs import jobs
 from ti_pipeline.resources import (
+    BroccoliResource,
     MalpediaResource,
     ObjectStoreResource,
     PrivateKeyFileResource,
@@ -24,6 +26,7 @@ def build_resources() -> dict:
         "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
         "vt_feed": ObjectStoreResource(setting="TI_VT_FEED_URI", uri=from_env("TI_VT_FEED_URI")),
         "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=from_env("TI_EXPORT_URI")),
+        "broccoli": BroccoliResource(uri=from_env("TI_BROCCOLI_URI")),
         "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
         "malpedia": MalpediaResource(url=from_env("TI_MALPEDIA_URL"), token=from_env("TI_MALPEDIA_TOKEN")),
         "submissions_private_key": PrivateKeyFileResource(
@@ -33,7 +36,7 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*sage_dump.assets, *vt_feed.assets, *submission_assets.assets, *threat_actor_assets.assets],
+    assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets],
     sensors=[submissions_sensor],
     jobs=jobs,
     schedules=schedules,
