@@ -184,6 +184,7 @@ def customer_ioc(
         return key
 
     rows, submissions = Accounting(), Accounting()
+    submissions.figures["duplicates"] = 0
     states = dict.fromkeys((SUCCESS, NOT_SUPPORTED, ERROR), 0)
     find_duplicate = duplicate_finder(wh)
     max_payload_bytes = config.max_payload_mib << 20
