@@ -27,6 +27,7 @@ def demo_steps() -> list[DemoStep]:
 
     return [
         DemoStep("VT feed days to Parquet", [AssetKey(["vt_file_reports"])], SAMPLE_DAYS),
+        DemoStep("Broccoli classification of the VT days", [AssetKey(["broccoli_classifications"])], SAMPLE_DAYS),
         DemoStep(
             "Sage dump shards",
             [AssetKey(["sage_dump", "ioc_file_hashes"]), AssetKey(["sage_dump", "ioc_domains"])],

@@ -9,6 +9,7 @@ Matching ignores case, surrounding blanks, and ``-``/``_``/space differences (``
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 UNKNOWN = "UNKNOWN"
 
@@ -48,6 +49,7 @@ def normalise_label(label: str) -> str:
 _NORMALISED = {normalise_label(k): v for k, v in LABELS.items()}
 
 
+@lru_cache(maxsize=4096)
 def map_label(label: str) -> tuple[str, bool]:
     """``(classification, known)``: the ENUM value for a Broccoli label; ``UNKNOWN, False`` for a new label."""
     mapped = _NORMALISED.get(normalise_label(label))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ti_pipeline import settings
 from ti_pipeline.objectstore import open_store
+from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
 from ti_pipeline.sample_data.sage import write_sage_dump
 from ti_pipeline.sample_data.submissions import write_submissions
 from ti_pipeline.sample_data.vt import write_vt_feed
@@ -20,6 +21,11 @@ def write_all(docs_per_shard: int = 2000, seed: int = 0) -> dict[str, int]:
     vt_feed = open_store(settings.resolve("TI_VT_FEED_URI"))
     for name, size in write_vt_feed(vt_feed, seed=seed).items():
         written[vt_feed.url_of(name)] = size
+    broccoli_uri = settings.resolve("TI_BROCCOLI_URI")
+    if not broccoli_uri.startswith(("http://", "https://")):  # an HTTP Broccoli is read-only here
+        broccoli = open_store(broccoli_uri)
+        for name, size in write_broccoli_objects(broccoli, sample_vt_sha1s(), seed=seed).items():
+            written[broccoli.url_of(name)] = size
     submissions = open_store(settings.resolve("TI_SUBMISSIONS_URI"))
     key_file = Path(settings.resolve("TI_SUBMISSIONS_PRIVATE_KEY_FILE"))
     for name, size in write_submissions(submissions, key_file, seed=seed).items():
