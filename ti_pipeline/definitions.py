@@ -6,9 +6,11 @@ from ti_pipeline.assets import broccoli as broccoli_assets
 from ti_pipeline.assets import sage_dump, vt_feed
 from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.assets import threat_actors as threat_actor_assets
+from ti_pipeline.assets import vt_load as vt_load_assets
 from ti_pipeline.jobs import jobs
 from ti_pipeline.resources import (
     BroccoliResource,
+    LoaderResource,
     MalpediaResource,
     ObjectStoreResource,
     PrivateKeyFileResource,
@@ -16,6 +18,7 @@ from ti_pipeline.resources import (
     from_env,
 )
 from ti_pipeline.schedules import schedules
+from ti_pipeline.sensors import vt_parquet_landed
 from ti_pipeline.submission_sensor import submissions_sensor
 
 
@@ -27,6 +30,7 @@ def build_resources() -> dict:
         "vt_feed": ObjectStoreResource(setting="TI_VT_FEED_URI", uri=from_env("TI_VT_FEED_URI")),
         "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=from_env("TI_EXPORT_URI")),
         "broccoli": BroccoliResource(uri=from_env("TI_BROCCOLI_URI")),
+        "loader": LoaderResource(loader=from_env("TI_LOADER"), tidb_password=from_env("TI_TIDB_PASSWORD")),
         "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
         "malpedia": MalpediaResource(url=from_env("TI_MALPEDIA_URL"), token=from_env("TI_MALPEDIA_TOKEN")),
         "submissions_private_key": PrivateKeyFileResource(
@@ -36,8 +40,8 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets],
-    sensors=[submissions_sensor],
+    assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets, *vt_load_assets.assets],
+    sensors=[submissions_sensor, vt_parquet_landed],
     jobs=jobs,
     schedules=schedules,
     resources=build_resources(),

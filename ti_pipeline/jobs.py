@@ -20,4 +20,11 @@ vt_file_reports_job = define_asset_job(
     tags={"ti_pipeline/heavy": "vt_decompress"},
 )
 
-jobs = [sage_dump_shards_job, sage_dump_small_collections_job, vt_file_reports_job]
+# What the vt_parquet_landed sensor starts for a day: the Broccoli sidecar, then the load that needs it.
+vt_load_job = define_asset_job(
+    "vt_load_job",
+    selection=AssetSelection.assets("broccoli_classifications", ["vt_feed", "ioc_file_hashes"]),
+    description="One exported VT day: its Broccoli classification sidecar, then the merge into ioc_file_hashes.",
+)
+
+jobs = [sage_dump_shards_job, sage_dump_small_collections_job, vt_file_reports_job, vt_load_job]

@@ -136,3 +136,55 @@ class BroccoliResource(ConfigurableResource):
             timeout=self.timeout_seconds,
         )
         return BroccoliClient(self.resolved_uri, policy=policy, concurrency=concurrency)
+
+
+class LoaderResource(ConfigurableResource):
+    """How exported VT days reach ``ioc_file_hashes``: ``TI_LOADER`` = sql (default), lightning or import_into.
+
+    TiDB connection fields left unset come from ``TI_TIDB_*``, then from the warehouse URL; the
+    password only from ``EnvVar("TI_TIDB_PASSWORD")`` (or the URL) and is never logged.
+    """
+
+    loader: str | None = None
+    batch_rows: int = 50_000
+    """Rows per staging batch (one LOAD DATA / INSERT transaction)."""
+    merge_chunk_rows: int = 100_000
+    """Staged rows per merge transaction (keep TiDB transactions small)."""
+    load_data: bool = True
+    """sql loader on MySQL-family servers: LOAD DATA LOCAL INFILE (False: batched INSERTs)."""
+    lightning_bin: str | None = None
+    """The tidb-lightning command, e.g. ``tidb-lightning`` or ``tiup tidb-lightning`` (TI_LIGHTNING_BIN)."""
+    sorted_kv_dir: str | None = None
+    """Local scratch of Lightning's local backend (TI_LIGHTNING_SORTED_KV_DIR, default under TI_DATA_DIR)."""
+    tidb_host: str | None = None
+    tidb_port: int | None = None
+    tidb_user: str | None = None
+    tidb_password: str | None = None
+    tidb_status_port: int | None = None
+    pd_addr: str | None = None
+    timeout_seconds: float = 6 * 3600.0
+    """Longest a Lightning run or IMPORT INTO job may take before it is killed / cancelled."""
+    poll_seconds: float = 10.0
+
+    def load_settings(self, loader: str | None = None):
+        from ti_pipeline.loaders import LoadSettings
+
+        port = self.tidb_port or os.environ.get("TI_TIDB_PORT")
+        return LoadSettings(
+            loader=settings.resolve("TI_LOADER", loader or self.loader),
+            batch_rows=self.batch_rows,
+            merge_chunk_rows=self.merge_chunk_rows,
+            load_data=self.load_data,
+            lightning_bin=settings.resolve("TI_LIGHTNING_BIN", self.lightning_bin),
+            sorted_kv_dir=self.sorted_kv_dir
+            or os.environ.get("TI_LIGHTNING_SORTED_KV_DIR")
+            or str(settings.data_dir() / "lightning-sorted-kv"),
+            tidb_host=self.tidb_host or os.environ.get("TI_TIDB_HOST"),
+            tidb_port=int(port) if port else None,
+            tidb_user=self.tidb_user or os.environ.get("TI_TIDB_USER"),
+            tidb_password=self.tidb_password,
+            tidb_status_port=int(self.tidb_status_port or settings.resolve("TI_TIDB_STATUS_PORT")),
+            pd_addr=self.pd_addr or os.environ.get("TI_TIDB_PD_ADDR"),
+            timeout_seconds=self.timeout_seconds,
+            poll_seconds=self.poll_seconds,
+        )

@@ -17,6 +17,14 @@ ENV_NAMES = (
     "TI_EXPORT_URI",
     "TI_BROCCOLI_URI",
     "TI_LOADER",
+    "TI_LIGHTNING_BIN",
+    "TI_LIGHTNING_SORTED_KV_DIR",
+    "TI_TIDB_HOST",
+    "TI_TIDB_PORT",
+    "TI_TIDB_USER",
+    "TI_TIDB_PASSWORD",
+    "TI_TIDB_STATUS_PORT",
+    "TI_TIDB_PD_ADDR",
     "TI_MALPEDIA_URL",
     "TI_MALPEDIA_TOKEN",
     "TI_MALPEDIA_REQUESTS_PER_MINUTE",
@@ -27,6 +35,9 @@ ENV_NAMES = (
 
 # Plain values used when a name is set nowhere (the public Malpedia API and its published quota).
 _DEFAULT_VALUES = {
+    "TI_LOADER": "sql",
+    "TI_LIGHTNING_BIN": "tidb-lightning",
+    "TI_TIDB_STATUS_PORT": "10080",
     "TI_MALPEDIA_URL": "https://malpedia.caad.fkie.fraunhofer.de/api",
     "TI_MALPEDIA_REQUESTS_PER_MINUTE": "60",
     "TI_MALPEDIA_REQUESTS_PER_HOUR": "2000",

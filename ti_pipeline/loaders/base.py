@@ -90,6 +90,8 @@ class StageResult:
 
 class Stager(Protocol):
     name: str
+    # Why manifest rows may be missing from staging (the accounting's rejection reason).
+    shortfall_reason: str
 
     def stage(self, request: StageRequest) -> StageResult: ...
 

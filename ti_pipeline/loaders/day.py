@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from ti_pipeline import keys, schema
 from ti_pipeline.accounting import Accounting, QuarantineRecord
-from ti_pipeline.loaders.base import EventHook, LoadSettings, Stager, StageRequest, retrying
+from ti_pipeline.loaders.base import EventHook, LoaderError, LoadSettings, Stager, StageRequest, retrying
 from ti_pipeline.loaders.exports_reader import DayExport, check_parts, require_day_export
 from ti_pipeline.loaders.merge import MergePlan, key_ranges, merge_range
 from ti_pipeline.objectstore import ObjectStore
@@ -27,7 +27,6 @@ REPORTS_DATASET = "vt_file_reports"
 SIDECAR_DATASET = "broccoli_classifications"
 # Accounting names: why a staged report row was not written.
 KEPT_OLDER = "newer_scan_already_stored"
-DUPLICATE = "duplicate_sha256_in_export"
 
 
 @dataclass
@@ -92,12 +91,12 @@ def load_day(
     acc.rejected.update(staged_result.rejected)
     acc.figures.update(staged_result.figures)
     staged = warehouse.count(reports_table)
-    duplicates = acc.read - acc.rejected_total - staged
-    if duplicates < 0:
-        raise RuntimeError(f"{reports_table.name} holds {staged} rows but only {acc.read} were read")
-    if duplicates:
-        acc.reject(DUPLICATE, duplicates)
-        log.warning(f"{duplicates} report row(s) repeat a sha256 of the same day; the first copy was kept")
+    shortfall = acc.read - acc.rejected_total - staged
+    if shortfall < 0:
+        raise LoaderError(f"{reports_table.name} holds {staged} rows but only {acc.read} were read")
+    if shortfall:
+        acc.reject(stager.shortfall_reason, shortfall)
+        log.warning(f"{shortfall} report row(s) read but not staged: {stager.shortfall_reason}")
     acc.figures["staged_rows"] = staged
     acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
 

@@ -80,6 +80,7 @@ def run_import_job(
 
 class ImportIntoStager:
     name = "import_into"
+    shortfall_reason = "not_imported_by_import_into"
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings

@@ -24,8 +24,8 @@ from ti_pipeline.accounting import QuarantineRecord
 from ti_pipeline.loaders.base import StageRequest, StageResult, mysql_family, quote_identifier, retrying
 from ti_pipeline.loaders.exports_reader import DayExport, iter_batches
 
-# Server or client refusing LOAD DATA LOCAL: not allowed (1148), disabled (3948), rejected (2068).
-LOCAL_INFILE_REFUSED = (1148, 2068, 3948)
+# Server or client refusing LOAD DATA LOCAL: not allowed (1148), disabled (3948; MariaDB 4166), rejected (2068).
+LOCAL_INFILE_REFUSED = (1148, 2068, 3948, 4166)
 # The VT report columns a row cannot be merged without.
 REQUIRED = ("sha256", "scan_date", "positives")
 
@@ -79,6 +79,7 @@ def split_valid(batch: pa.RecordBatch, required: tuple[str, ...]) -> tuple[pa.Re
 
 class SqlStager:
     name = "sql"
+    shortfall_reason = "duplicate_sha256_in_export"
 
     def __init__(self) -> None:
         self._use_load_data = True

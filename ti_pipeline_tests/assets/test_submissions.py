@@ -1,6 +1,7 @@
 import base64
 import json
 import logging
+import shutil
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,13 +43,19 @@ ACME_ROWS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def sample_lake_template(tmp_path_factory) -> Path:
+    """The sample lake and its key, written once per module (key generation is the slow part)."""
+    root = tmp_path_factory.mktemp("sample_lake")
+    write_submissions(LocalStore(root / "lake"), root / "keys" / "private.pem")
+    return root
+
+
 @pytest.fixture
-def sample_lake(tmp_path: Path) -> tuple[str, Path]:
-    """The sample lake in a folder and its private key file (mode 0600)."""
-    store = LocalStore(tmp_path / "lake")
-    key_file = tmp_path / "keys" / "private.pem"
-    write_submissions(store, key_file)
-    return store.uri, key_file
+def sample_lake(sample_lake_template: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A fresh copy of the sample lake in a folder and its private key file (mode 0600)."""
+    shutil.copytree(sample_lake_template, tmp_path / "sample")
+    return LocalStore(tmp_path / "sample" / "lake").uri, tmp_path / "sample" / "keys" / "private.pem"
 
 
 def run_asset(lake_uri: str, key_file: Path, warehouse_url: str, config: dict | None = None,
@@ -260,10 +267,10 @@ def test_no_key_session_key_or_payload_in_logs_metadata_ledger(tmp_path: Path, s
     assert ioc_rows(sqlite_url) == [("md5", "d41d8cd98f00b204e9800998ecf8427e", "BLOCK", marker)]
 
 
-def test_gcs_lake_on_the_emulator(gcs_bucket: str, tmp_path: Path, sqlite_url: str):
+def test_gcs_lake_on_the_emulator(gcs_bucket: str, sample_lake, sqlite_url: str):
     lake_uri = f"gs://{gcs_bucket}/submissions"
-    key_file = tmp_path / "private.pem"
-    write_submissions(open_store(lake_uri), key_file)
+    _local_uri, key_file = sample_lake
+    write_submissions(open_store(lake_uri), key_file)  # the same key, the same bytes
     result = run_asset(lake_uri, key_file, sqlite_url)
     assert matches(ledger(sqlite_url), SAMPLE_LEDGER)
     assert ioc_rows(sqlite_url, "acme") == ACME_ROWS

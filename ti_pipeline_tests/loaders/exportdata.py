@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
+from ti_pipeline import schema
 from ti_pipeline.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS, part_name, success_name
 from ti_pipeline.objectstore import ObjectStore
 
@@ -74,3 +76,17 @@ def write_partition(store: ObjectStore, dataset: str, day: str, rows: list[dict]
 def write_day(store: ObjectStore, day: str, reports: list[dict], classifications: list[dict], parts: int = 1) -> None:
     write_partition(store, "vt_file_reports", day, reports, VT_FILE_REPORTS, parts)
     write_partition(store, "broccoli_classifications", day, classifications, BROCCOLI_CLASSIFICATIONS)
+
+
+SNAPSHOT_COLUMNS = [c for c in schema.ioc_file_hashes.c if c.name not in ("created_at", "updated_at")]
+
+
+def snapshot(warehouse) -> list[tuple]:
+    """Every row of ioc_file_hashes except its bookkeeping timestamps, in key order."""
+    with warehouse.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(*SNAPSHOT_COLUMNS).order_by(schema.ioc_file_hashes.c.sha256))]
+
+
+def rows_by_sha256(warehouse) -> dict[bytes, dict]:
+    with warehouse.engine.connect() as conn:
+        return {r.sha256: dict(r._mapping) for r in conn.execute(sa.select(schema.ioc_file_hashes))}

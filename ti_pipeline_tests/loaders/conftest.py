@@ -1,0 +1,36 @@
+"""Fixtures of the loader tests: an export store and a way to load one day."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ti_pipeline.loaders import LoadSettings, load_day
+from ti_pipeline.objectstore import LocalStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "export")
+
+
+@pytest.fixture
+def load(warehouse, store):
+    """``load(day, **settings)`` with small batches and chunks so every path runs several times."""
+
+    def _load(day: str, *, on_event=None, log=None, **overrides):
+        options = {"batch_rows": 3, "merge_chunk_rows": 4, **overrides}
+        return load_day(
+            warehouse,
+            store,
+            day,
+            LoadSettings(**options),
+            log=log or logging.getLogger("test.load"),
+            quarantine=lambda records: warehouse.add_quarantine("vt_feed/ioc_file_hashes", day, records),
+            on_event=on_event,
+        )
+
+    return _load
+
