@@ -112,7 +112,7 @@ def classify_day(
         todo = without(todo, classified)
     acc.figures["lookups.carried_over"] = len(previous)
 
-    fresh = _look_up(export, client, day, sidecar.to_hex(todo), options, result, progress)
+    fresh = _look_up(export, client, day, todo, options, result, progress)
     results = pa.concat_tables([previous, *fresh]) if fresh else previous
     _account(results, previous, client, result)
     if result.failed:
@@ -128,7 +128,7 @@ def _look_up(
     export: ObjectStore,
     client: BroccoliClient,
     day: date | str,
-    todo: list[str],
+    todo: pa.Array,
     options: DayOptions,
     result: DayResult,
     progress: Callable[[int, int, float], None] | None,
@@ -162,9 +162,9 @@ def _look_up(
 
     async def main() -> None:
         async with client:
-            await client.lookup_stream(todo, sink)
+            await client.lookup_stream(sidecar.iter_hex(todo), sink)
 
-    if todo:
+    if len(todo):
         run_async(main())
         flush()
     result.seconds = time.monotonic() - started
@@ -172,12 +172,17 @@ def _look_up(
     return tables
 
 
+def _counts(column) -> Counter:
+    """Occurrences of each value of an Arrow column, without turning the column into Python objects."""
+    return Counter({row["values"]: row["counts"] for row in pc.value_counts(column).to_pylist()})
+
+
 def _account(results: pa.Table, previous: pa.Table, client: BroccoliClient, result: DayResult) -> None:
     acc = result.accounting
-    outcomes = Counter(results["outcome"].to_pylist())
+    outcomes = _counts(results["outcome"])
     acc.written = outcomes[FOUND] + outcomes[NOT_FOUND]
     rejected = results.filter(pc.equal(results["outcome"], REJECTED))
-    for reason, count in Counter(rejected["reason"].to_pylist()).items():
+    for reason, count in _counts(rejected["reason"]).items():
         acc.reject(reason or "unspecified", count)
     # Rejected by an earlier run that then failed: quarantined again, since the quarantine is cleared per run.
     carried = previous.filter(pc.equal(previous["outcome"], REJECTED)).select(["sha1", "reason"])
@@ -188,7 +193,7 @@ def _account(results: pa.Table, previous: pa.Table, client: BroccoliClient, resu
     acc.figures["sidecar.found"] = outcomes[FOUND]
     acc.figures["sidecar.not_found"] = outcomes[NOT_FOUND]
     found = results.filter(pc.equal(results["outcome"], FOUND))
-    for classification, count in Counter(found["classification"].to_pylist()).items():
+    for classification, count in _counts(found["classification"]).items():
         acc.figures[f"classification.{classification}"] = count
     unknown = found.filter(pc.equal(found["classification"], UNKNOWN))
     for label in unknown["label"].to_pylist():

@@ -117,8 +117,11 @@ def export_sha1s(store: ObjectStore, day: date | str) -> ExportSha1s:
     return ExportSha1s(distinct, rows, nulls, len(parts))
 
 
-def to_hex(sha1s: pa.Array) -> list[str]:
-    return [value.hex() for value in sha1s.to_pylist()]
+def iter_hex(sha1s: pa.Array, chunk: int = 10_000) -> Iterator[str]:
+    """Hex strings of binary SHA1s, converted a chunk at a time (never the whole day as Python objects)."""
+    for start in range(0, len(sha1s), chunk):
+        for value in sha1s.slice(start, chunk).to_pylist():
+            yield value.hex()
 
 
 def lookups_table(lookups: Sequence[Lookup]) -> pa.Table:
