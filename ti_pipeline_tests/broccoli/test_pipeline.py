@@ -221,3 +221,31 @@ def test_already_classified_query(warehouse):
     assert sorted(found.to_pylist()) == [values[0], values[2]]
     with warehouse.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.ioc_file_hashes)).scalar_one() == 4
+
+
+def test_a_run_killed_half_way_is_finished_by_the_rerun_without_repeating_lookups(broccoli_server, export):
+    sha1s = [sha1(n) for n in range(50)]
+    write_vt_export(export, DAY, [sha1s])
+    expected = serve(broccoli_server, sha1s)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_checkpoint(done: int, total: int, seconds: float) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        classify_day(export, client_for(broccoli_server, concurrency=4), DAY, already_classified=NOTHING_CLASSIFIED,
+                     options=DayOptions(checkpoint_every=10), progress=kill_after_first_checkpoint)
+    assert export.stat(success_name("broccoli_classifications", DAY)) is None
+    [checkpoint] = sidecar.checkpoint_names(export, DAY)
+    with export.open_read(checkpoint) as f:
+        saved = {value.hex() for value in pq.read_table(f).column("sha1").to_pylist()}
+    assert len(saved) == 10
+    broccoli_server.requests.clear()
+
+    result = classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
+
+    assert set(broccoli_server.requests) == set(sha1s) - saved
+    assert result.accounting.figures["lookups.carried_over"] == 10
+    assert sidecar_rows(export) == [expected[s] for s in sorted(sha1s)]
