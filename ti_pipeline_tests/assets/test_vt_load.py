@@ -1,0 +1,94 @@
+"""The vt_feed/ioc_file_hashes asset: a sample day materialized on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
+
+from ti_pipeline import schema
+from ti_pipeline.assets.vt_load import ASSET_KEY, vt_ioc_file_hashes
+from ti_pipeline.definitions import defs
+from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.resources import LoaderResource, ObjectStoreResource, WarehouseResource
+from ti_pipeline_tests.loaders.exportdata import classification, report, sha256_of, write_day
+
+DAY = "2024-01-01"
+
+
+def run(store: LocalStore, warehouse_url: str, day: str = DAY, loader: str | None = None):
+    return materialize(
+        [vt_ioc_file_hashes],
+        partition_key=day,
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        run_config={"ops": {"vt_feed__ioc_file_hashes": {"config": {"loader": loader}}}} if loader else None,
+        resources={
+            "warehouse": WarehouseResource(url=warehouse_url),
+            "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=store.uri),
+            "loader": LoaderResource(batch_rows=2, merge_chunk_rows=2),
+        },
+    )
+
+
+def metadata(result) -> dict:
+    [event] = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_a_sample_day_fills_the_table_with_accounting_and_checks(tmp_path, warehouse_url, data_dir):
+    store = LocalStore(tmp_path / "export")
+    write_day(
+        store, DAY,
+        [report(n, "2024-01-01 10:00:00") for n in range(5)],
+        [classification(n, "MALWARE" if n % 2 else None, 200 if n % 2 else 404) for n in range(5)],
+        parts=2,
+    )
+    result = run(store, warehouse_url)
+    assert result.success
+    meta = metadata(result)
+    assert {k: meta[k] for k in ("read", "written", "rejected", "unaccounted", "inserted", "updated", "kept_older")} == {
+        "read": 5, "written": 5, "rejected": 0, "unaccounted": 0, "inserted": 5, "updated": 0, "kept_older": 0,
+    }
+    assert (meta["loader"], meta["day"], meta["parts"], meta["dagster/row_count"]) == ("sql", DAY, 2, 5)
+    assert checks(result) == {"counts_reconcile": True, "sha256s_present": True}
+    engine = sa.create_engine(warehouse_url)
+    with engine.connect() as conn:
+        got = dict(conn.execute(sa.select(schema.ioc_file_hashes.c.sha256, schema.ioc_file_hashes.c.classification)).all())
+    engine.dispose()
+    assert got == {sha256_of(n): ("MALWARE" if n % 2 else "UNKNOWN") for n in range(5)}
+    again = metadata(run(store, warehouse_url))
+    assert (again["inserted"], again["reapplied"]) == (0, 5)
+
+
+def test_an_incomplete_export_fails_the_run_naming_the_manifest(tmp_path, sqlite_url, data_dir):
+    store = LocalStore(tmp_path / "export")
+    result = run(store, sqlite_url)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "vt_file_reports/date=2024-01-01/_SUCCESS does not exist" in str(failure.step_failure_data.error)
+
+
+def test_a_tidb_only_loader_is_chosen_by_run_config(tmp_path, sqlite_url, data_dir):
+    store = LocalStore(tmp_path / "export")
+    write_day(store, DAY, [report(0, "2024-01-01 10:00:00")], [])
+    result = run(store, sqlite_url, loader="import_into")
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    # SQLite has no IMPORT INTO: the statement reached the warehouse and failed there.
+    assert "IMPORT INTO" in str(failure.step_failure_data.error)
+
+
+def test_both_feeders_of_the_table_are_plain_in_the_code_location():
+    graph = defs.resolve_asset_graph()
+    vt = graph.get(ASSET_KEY)
+    dump = graph.get(AssetKey(["sage_dump", "ioc_file_hashes"]))
+    assert vt.metadata["dagster/table_name"] == dump.metadata["dagster/table_name"] == "ioc_file_hashes"
+    assert "sage_dump/ioc_file_hashes" in vt.description
+    assert vt.group_name == "vt_feed"
+    assert {AssetKey("vt_file_reports"), AssetKey("broccoli_classifications")} <= set(vt.parent_keys)
+    job = defs.resolve_job_def("vt_load_job")
+    assert set(job.asset_layer.executable_asset_keys) == {ASSET_KEY, AssetKey("broccoli_classifications")}
