@@ -31,7 +31,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_all(docs_per_shard=args.docs_per_shard, seed=0)
     counts = run_demo()
     _print_counts(counts)
-    empty = [t for t in ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification", "customer_ioc", "submission_ledger") if not counts[t]]
+    empty = [t for t in ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification", "customer_ioc", "submission_ledger", "threat_actors", "malware_families", "actor_techniques") if not counts[t]]
     print(f"\nwarehouse: {settings.resolve('TI_WAREHOUSE_URL')}")
     print("open the UI with `make dev` (http://127.0.0.1:3000) to see the runs and their metadata.")
     return 1 if empty else 0
@@ -91,6 +91,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_malpedia_server(args: argparse.Namespace) -> int:
+    """Serve the Malpedia API on loopback from the sample snapshot (or the shipped galaxy data)."""
+    from pathlib import Path
+
+    from ti_pipeline.malpedia.local_server import serve_forever
+    from ti_pipeline.sample_data.malpedia import snapshot_path
+
+    serve_forever(args.host, args.port, Path(args.snapshot) if args.snapshot else snapshot_path())
+    return 0
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(map(len, counts))
     print()
@@ -134,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uri", help="submissions lake (default: TI_SUBMISSIONS_URI)")
     p.add_argument("file")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser(
+        "malpedia-server",
+        help="serve the Malpedia API on loopback from the sample snapshot (point TI_MALPEDIA_URL at it)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--snapshot", help="snapshot JSON (default: the one `sample-data` wrote, else the shipped galaxy)")
+    p.set_defaults(func=_cmd_malpedia_server)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,6 +20,8 @@ class DemoStep:
     label: str
     assets: Sequence[AssetKey]
     partition_keys: Sequence[str | None] = (None,)
+    # What the step needs running around it (e.g. a loopback API server), entered for its duration.
+    around: Callable[[], AbstractContextManager] | None = None
 
 
 def demo_steps() -> list[DemoStep]:
@@ -42,7 +45,20 @@ def demo_steps() -> list[DemoStep]:
             ],
         ),
         DemoStep("Organisation submissions (decrypt, ledger, customer_ioc)", [AssetKey(["customer_ioc"])]),
+        DemoStep(
+            "Malpedia actors, families, ATT&CK techniques (loopback Malpedia server)",
+            [AssetKey(["threat_actors"]), AssetKey(["malware_families"]), AssetKey(["actor_techniques"])],
+            around=_serve_sample_malpedia,
+        ),
     ]
+
+
+def _serve_sample_malpedia() -> AbstractContextManager:
+    """The sample snapshot on a loopback server, with TI_MALPEDIA_URL pointing at it: no network."""
+    from ti_pipeline.malpedia.local_server import serving
+    from ti_pipeline.sample_data.malpedia import snapshot_path
+
+    return serving(snapshot_path())
 
 
 def run_demo() -> dict[str, int]:
@@ -55,19 +71,20 @@ def run_demo() -> dict[str, int]:
     with tqdm(total=total, desc="materializing", unit="partition") as bar:
         for step in steps:
             selected = list({id(all_assets[k]): all_assets[k] for k in step.assets}.values())
-            for partition_key in step.partition_keys:
-                bar.set_postfix_str(f"{step.label} {partition_key or ''}".strip())
-                result = materialize(
-                    selected,
-                    resources=resources,
-                    instance=instance,
-                    partition_key=partition_key,
-                    selection=list(step.assets),
-                    run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                )
-                if not result.success:
-                    raise SystemExit(f"{step.label} {partition_key}: run failed")
-                bar.update(1)
+            with step.around() if step.around else nullcontext():
+                for partition_key in step.partition_keys:
+                    bar.set_postfix_str(f"{step.label} {partition_key or ''}".strip())
+                    result = materialize(
+                        selected,
+                        resources=resources,
+                        instance=instance,
+                        partition_key=partition_key,
+                        selection=list(step.assets),
+                        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                    )
+                    if not result.success:
+                        raise SystemExit(f"{step.label} {partition_key}: run failed")
+                    bar.update(1)
     return table_counts()
 
 

@@ -47,6 +47,14 @@ def _names(names: list[str]) -> MetadataValue:
     return MetadataValue.text(shown + more if names else "-")
 
 
+def _summary(table: TableSync) -> str:
+    c = table.changes
+    return (
+        f"{len(c.new)} new, {len(c.updated)} updated, {len(c.unchanged)} unchanged, "
+        f"{len(c.removed)} removed, {len(table.errors)} errors"
+    )
+
+
 def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
     changes = table.changes
     extra = {
@@ -117,8 +125,8 @@ def malpedia_sync(
         context.log.info(f"Malpedia version {report.version} already synced: nothing fetched")
     else:
         context.log.info(
-            f"Malpedia {report.previous_version} -> {report.version}: actors {report.actors.accounting.figures}, "
-            f"families {report.families.accounting.figures}, {report.requests} requests"
+            f"Malpedia {report.previous_version} -> {report.version}: actors {_summary(report.actors)}; "
+            f"families {_summary(report.families)}; {report.requests} requests, {report.retries} retries"
         )
     yield MaterializeResult(asset_key=THREAT_ACTORS, metadata=table_metadata(report, report.actors))
     yield MaterializeResult(asset_key=MALWARE_FAMILIES, metadata=table_metadata(report, report.families))

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +140,31 @@ def load_snapshot(path: Path | None) -> MalpediaSnapshot:
     if path is not None and path.exists():
         return MalpediaSnapshot.from_json(path.read_text(encoding="utf-8"))
     return MalpediaSnapshot.from_galaxy()
+
+
+@contextmanager
+def serving(snapshot_path: Path | None = None, requests_per_minute: int = 1_000_000) -> Iterator[LocalMalpediaServer]:
+    """Serve the snapshot on loopback and point ``TI_MALPEDIA_URL`` at it while the block runs.
+
+    The public API's request budget is lifted for the loopback server; every variable is restored
+    afterwards, so what runs next is unaffected.
+    """
+    overrides = {
+        "TI_MALPEDIA_REQUESTS_PER_MINUTE": str(requests_per_minute),
+        "TI_MALPEDIA_REQUESTS_PER_HOUR": str(requests_per_minute * 60),
+    }
+    with LocalMalpediaServer(load_snapshot(snapshot_path)) as server:
+        overrides["TI_MALPEDIA_URL"] = server.base_url
+        saved = {name: os.environ.get(name) for name in overrides}
+        os.environ.update(overrides)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def serve_forever(host: str, port: int, snapshot_path: Path | None) -> None:

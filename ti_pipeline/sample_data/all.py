@@ -7,6 +7,7 @@ from pathlib import Path
 from ti_pipeline import settings
 from ti_pipeline.objectstore import open_store
 from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
+from ti_pipeline.sample_data.malpedia import write_malpedia_snapshot
 from ti_pipeline.sample_data.sage import write_sage_dump
 from ti_pipeline.sample_data.submissions import write_submissions
 from ti_pipeline.sample_data.vt import write_vt_feed
@@ -30,4 +31,5 @@ def write_all(docs_per_shard: int = 2000, seed: int = 0) -> dict[str, int]:
     key_file = Path(settings.resolve("TI_SUBMISSIONS_PRIVATE_KEY_FILE"))
     for name, size in write_submissions(submissions, key_file, seed=seed).items():
         written[submissions.url_of(name)] = size
+    written.update(write_malpedia_snapshot())
     return written
