@@ -12,7 +12,7 @@ import email.utils
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
 
@@ -20,11 +20,16 @@ DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
 class RequestBudget:
     """At most ``n`` requests in any ``window`` seconds, for every ``(n, window)`` in ``limits``."""
 
-    def __init__(self, limits: Sequence[tuple[int, float]] = DEFAULT_LIMITS, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limits: Sequence[tuple[int, float]] = DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         if any(n < 1 or window <= 0 for n, window in limits):
             raise ValueError(f"every limit needs n >= 1 and window > 0: {list(limits)}")
         self.limits = [(int(n), float(window)) for n, window in limits]
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         # Start times of the last n requests of each window, in non-decreasing order.
         self._starts = [deque(maxlen=n) for n, _ in self.limits]
         self._hold_until = float("-inf")
@@ -50,7 +55,7 @@ class RequestBudget:
     async def acquire(self) -> None:
         wait = self.reserve()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self.sleep(wait)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -94,3 +94,23 @@ def test_token_goes_in_the_authorization_header_and_nowhere_else(snapshot):
         with pytest.raises(MalpediaError) as err:
             call(server, lambda api: api.get_version(), token="wrong")
         assert err.value.status == 403 and "wrong" not in str(err.value)
+
+
+def test_the_budget_schedules_the_clients_requests(malpedia_server):
+    """Two requests a minute: the 3rd and 5th of five requests wait for the window (a fake clock: no waiting)."""
+    clock, slept = [0.0], []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    async def run():
+        budget = RequestBudget([(2, 60.0)], clock=lambda: clock[0], sleep=fake_sleep)
+        async with MalpediaClient(malpedia_server.base_url, budget=budget) as api:
+            for _ in range(5):
+                await api.get_version()
+        return budget
+
+    budget = asyncio.run(run())
+    assert slept == [60.0, 60.0] and budget.waited == 120.0
+    assert malpedia_server.requests == ["/api/get/version"] * 5

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 
 import pytest
 
 from ti_pipeline.malpedia.galaxy import MalpediaSnapshot, actor_id
-from ti_pipeline.malpedia.local_server import LocalMalpediaServer, load_snapshot
+from ti_pipeline.malpedia.local_server import LocalMalpediaServer, load_snapshot, serving
 
 
 def get(url: str):
@@ -61,3 +62,16 @@ def test_snapshot_file_round_trip(tmp_path, snapshot):
     assert loaded.actors["apt28"]["description"] == "edited"
     with LocalMalpediaServer(loaded) as server:
         assert get(f"{server.base_url}/get/actor/apt28")["description"] == "edited"
+
+
+def test_serving_points_the_url_at_the_loopback_server_and_restores_it(tmp_path, monkeypatch, snapshot):
+    monkeypatch.setenv("TI_MALPEDIA_URL", "https://example.invalid/api")
+    monkeypatch.delenv("TI_MALPEDIA_REQUESTS_PER_MINUTE", raising=False)
+    path = tmp_path / "snapshot.json"
+    path.write_text(snapshot.to_json(), encoding="utf-8")
+    with serving(path) as server:
+        assert os.environ["TI_MALPEDIA_URL"] == server.base_url
+        assert int(os.environ["TI_MALPEDIA_REQUESTS_PER_MINUTE"]) > 60
+        assert get(f"{server.base_url}/list/actors") == sorted(snapshot.actors)
+    assert os.environ["TI_MALPEDIA_URL"] == "https://example.invalid/api"
+    assert "TI_MALPEDIA_REQUESTS_PER_MINUTE" not in os.environ
