@@ -44,6 +44,7 @@ def demo_steps() -> list[DemoStep]:
                 AssetKey(["sage_dump", "file_extension_classification"]),
             ],
         ),
+        DemoStep("VT days merged into ioc_file_hashes (TI_LOADER)", [AssetKey(["vt_feed", "ioc_file_hashes"])], SAMPLE_DAYS),
         DemoStep("Organisation submissions (decrypt, ledger, customer_ioc)", [AssetKey(["customer_ioc"])]),
         DemoStep(
             "Malpedia actors, families, ATT&CK techniques (loopback Malpedia server)",
