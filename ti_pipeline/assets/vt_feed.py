@@ -137,6 +137,11 @@ def vt_file_reports(
                 on_quarantine=lambda records, day=day: wh.add_quarantine(DATASET, day, records),
                 on_package=on_package,
             )
+            if summary.unexpected_objects:
+                context.log.warning(
+                    f"{DATASET}[{day}]: {len(summary.unexpected_objects)} object(s) that are not packages were "
+                    f"not read: {', '.join(summary.unexpected_objects[:20])}"
+                )
             context.log.info(f"{DATASET}[{day}]: {summary.accounting.as_dict()}")
             summaries.append(summary)
             total.merge(summary.accounting)

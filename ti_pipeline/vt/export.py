@@ -327,6 +327,7 @@ def export_day(
             "packages_corrupt": len(summary.corrupt),
             "duplicates_collapsed": kept_rows - acc.written,
             "parts": len(summary.parts),
+            "unexpected_objects": len(summary.unexpected_objects),
         }
     )
     _publish(export, summary)

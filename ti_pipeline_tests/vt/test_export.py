@@ -139,6 +139,7 @@ def test_newest_scan_wins_and_ties_are_deterministic(crafted: ObjectStore, tmp_p
         "packages_v2": 3,
         "packages_v3": 1,
         "parts": 1,
+        "unexpected_objects": 1,
     }
     assert summary.unexpected_objects == ["20201101/README"]
     assert quarantine == []
