@@ -134,7 +134,7 @@ def load_ioc_csv(text: str) -> dict:
     """Header and rows; a row that matches the header becomes a dict (column order is not content)."""
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     try:
-        lines = [row for row in reader if any(field.strip() for field in row)]
+        lines = [row for row in reader if "".join(row).strip()]
     except csv.Error as exc:
         raise MalformedPayload(f"malformed CSV at line {reader.line_num}: {exc}") from None
     if not lines:
