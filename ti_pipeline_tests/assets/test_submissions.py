@@ -18,6 +18,7 @@ from ti_pipeline.sample_data.submissions import write_submissions
 from ti_pipeline.submission_sensor import poll, submissions_sensor
 from ti_pipeline.submissions import crypto, lake
 from ti_pipeline.submissions.polling import PollState
+from ti_pipeline.warehouse import Warehouse
 from ti_pipeline_tests.submissions.keyring import archive_key, secret_fragments
 
 # (org, typetag, state, reason prefix, skip, rows_written) of the sample lake, oldest first.
@@ -344,3 +345,25 @@ def test_poll_caps_each_run_and_the_run_key_names_the_set(sample_lake):
     assert sorted(sum(batches, [])) == submission_ids(lake_uri)
     assert len(set(keys)) == 3
     assert poll(None, store, now=0.0, uniform=0.0, cap=4).run_requests[0].run_key == keys[0]
+
+
+def test_run_killed_before_a_ledger_entry_redoes_that_submission(sample_lake, sqlite_url: str, monkeypatch):
+    lake_uri, key_file = sample_lake
+    ledger_writes = []
+    original = Warehouse.upsert
+
+    def failing_third_ledger_write(self, table, rows, *rule):
+        if table is schema.submission_ledger:
+            ledger_writes.append(1)
+            if len(ledger_writes) == 3:
+                raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
+        return original(self, table, rows, *rule)
+
+    monkeypatch.setattr(Warehouse, "upsert", failing_third_ledger_write)
+    assert not run_asset(lake_uri, key_file, sqlite_url, raise_on_error=False).success
+    assert len(ledger(sqlite_url)) == 2  # the third submission's rows are in, its ledger entry is not
+    monkeypatch.setattr(Warehouse, "upsert", original)
+    resumed = metadata(run_asset(lake_uri, key_file, sqlite_url))
+    assert (resumed["submissions.read"], resumed["submissions.already_in_ledger"]) == (7, 2)
+    assert matches(ledger(sqlite_url), SAMPLE_LEDGER)
+    assert ioc_rows(sqlite_url, "acme") == ACME_ROWS and len(ioc_rows(sqlite_url)) == 19
