@@ -96,6 +96,7 @@ def process_submission(
             reason=f"no parser for typetag {meta.typetag!r} (supported: {', '.join(sorted(parsers))})",
             org_id=meta.org_id,
             typetag=meta.typetag,
+            identity_hash=identity_hash(meta.typetag, text),  # of the text: there is no parser to read it
             submitted_at=meta.submitted_at,
         )
     try:

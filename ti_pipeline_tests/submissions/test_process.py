@@ -1,3 +1,4 @@
+import hashlib
 import json
 from datetime import datetime
 
@@ -54,6 +55,7 @@ def test_not_supported_names_the_typetag():
     outcome = run(b"<ioc/>", typetag="openioc_xml")
     assert (outcome.state, outcome.skip, outcome.rows) == (NOT_SUPPORTED, True, [])
     assert outcome.reason == "no parser for typetag 'openioc_xml' (supported: ioc_csv, misp_event, stix2_bundle)"
+    assert outcome.identity_hash == hashlib.sha256(b'rawopenioc_xml"<ioc/>"').hexdigest()
 
 
 @pytest.mark.parametrize(
