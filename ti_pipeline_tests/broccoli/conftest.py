@@ -5,8 +5,9 @@ import pytest
 from ti_pipeline.broccoli.client import RetryPolicy
 from ti_pipeline_tests.broccoli.server import BroccoliServer
 
-# Short delays and timeouts so fault tests run in well under a second each.
-FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=2.0, timeout=0.5)
+# Short backoff so fault tests are quick; a timeout long enough that only the injected "slow" faults hit it
+# on a busy machine.
+FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=2.0, timeout=1.5)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_every_sha1_ends_found_or_not_found_under_injected_faults(broccoli_serve
     for n, s in enumerate(sha1s):
         if n % 4:
             broccoli_server.objects[s] = report(["malware", "pua", "ransomware"][n % 3])
-    faults = {0: [("429", 0)], 1: [("503",), ("503",)], 2: [("slow", 2.0)], 3: [("cut",)],
+    faults = {0: [("429", 0)], 1: [("503",), ("503",)], 2: [("slow", 2.5)], 3: [("cut",)],
               5: [("cut",), ("429", 0), ("503",)], 6: [("drop",), ("drop",)]}
     for n, plan in faults.items():
         broccoli_server.faults[sha1s[n]] = list(plan)

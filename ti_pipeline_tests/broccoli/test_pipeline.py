@@ -63,7 +63,7 @@ def test_a_day_is_looked_up_under_faults_and_published_as_a_sidecar(broccoli_ser
     write_vt_export(export, DAY, [sha1s[:40] + [None], sha1s[30:] + [sha1s[0], None]])
     before = {i.name: export.read_bytes(i.name) for i in export.list("vt_file_reports/")}
     expected = serve(broccoli_server, sha1s)
-    broccoli_server.faults.update({sha1s[0]: [("429", 0)], sha1s[1]: [("503",)], sha1s[2]: [("cut",)], sha1s[3]: [("slow", 2)]})
+    broccoli_server.faults.update({sha1s[0]: [("429", 0)], sha1s[1]: [("503",)], sha1s[2]: [("cut",)], sha1s[3]: [("slow", 2.5)]})
 
     result = classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED,
                           options=DayOptions(checkpoint_every=7))
