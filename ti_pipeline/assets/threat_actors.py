@@ -73,6 +73,7 @@ def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
         "requests": report.requests,
         "retries": report.retries,
         "sync_seconds": MetadataValue.float(round(report.seconds, 3)),
+        "dagster/row_count": table.total,
     }
     return accounting_metadata(table.accounting, extra)
 

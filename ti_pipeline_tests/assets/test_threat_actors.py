@@ -71,6 +71,7 @@ def test_first_sync_then_a_no_change_sync_from_dagster(data_dir, warehouse_url, 
     actors = meta["threat_actors"]
     assert actors["version_unchanged"] is True and actors["requests"] == 1
     assert (actors["total"], actors["new"], actors["updated"], actors["read"]) == (n_actors, 0, 0, 0)
+    assert actors["dagster/row_count"] == n_actors
     assert (meta["actor_techniques"]["read"], meta["actor_techniques"]["actors_enriched"]) == (0, 0)
     assert all(checks.values())
 
