@@ -183,7 +183,8 @@ def clear_checkpoints(store: ObjectStore, day: date | str) -> None:
 def _sidecar_as_checkpoint(table: pa.Table) -> pa.Table:
     table = table.select(BROCCOLI_CLASSIFICATIONS.names).cast(BROCCOLI_CLASSIFICATIONS)
     outcome = pc.if_else(pc.equal(table["http_status"], 404), NOT_FOUND, FOUND)
-    return table.append_column("outcome", outcome).append_column("reason", pa.nulls(len(table), pa.string()))
+    table = table.append_column("outcome", outcome).append_column("reason", pa.nulls(len(table), pa.string()))
+    return table.cast(CHECKPOINT_SCHEMA)
 
 
 def previous_results(store: ObjectStore, day: date | str, wanted: pa.Array) -> pa.Table:

@@ -249,3 +249,27 @@ def test_a_run_killed_half_way_is_finished_by_the_rerun_without_repeating_lookup
     assert set(broccoli_server.requests) == set(sha1s) - saved
     assert result.accounting.figures["lookups.carried_over"] == 10
     assert sidecar_rows(export) == [expected[s] for s in sorted(sha1s)]
+
+
+def test_a_reexported_day_combines_the_published_sidecar_with_the_checkpoints_of_a_failed_run(broccoli_server, export):
+    sha1s = [sha1(n) for n in range(20)]
+    write_vt_export(export, DAY, [sha1s[:10]])
+    expected = serve(broccoli_server, sha1s)
+    classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
+    write_vt_export(export, DAY, [sha1s])  # re-exported with ten more files
+    broken = sorted(sha1s[10:])[0]
+    broccoli_server.faults[broken] = [("always", ("503",))]
+    broccoli_server.requests.clear()
+
+    failed = classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
+
+    assert [x.sha1 for x in failed.failed] == [broken]
+    assert set(broccoli_server.requests) == set(sha1s[10:])
+    broccoli_server.faults.clear()
+    broccoli_server.requests.clear()
+
+    done = classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
+
+    assert list(broccoli_server.requests) == [broken]
+    assert done.accounting.figures["lookups.carried_over"] == 19
+    assert sidecar_rows(export) == [expected[s] for s in sorted(sha1s)]
