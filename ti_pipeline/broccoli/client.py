@@ -171,7 +171,12 @@ class BroccoliClient:
             raise ValueError(f"unsupported Broccoli URI: {uri!r} (use gs://, http(s):// or file://)")
 
     def url(self, sha1: str) -> str:
-        """Where one SHA1's object lives; only ever called with a validated SHA1."""
+        """Where one SHA1's object lives; refuses anything but 40 lower-case hex digits."""
+        if keys.normalise_hex(sha1, "sha1") != sha1:
+            raise keys.InvalidKey(f"not a SHA1: {sha1!r}")
+        return self._url(sha1)
+
+    def _url(self, sha1: str) -> str:
         if self._local_root is not None:
             return (self._local_root / sha1).as_uri()
         return f"{self._url_head}{self._object_prefix}{sha1}{self._url_tail}"
@@ -243,7 +248,7 @@ class BroccoliClient:
     async def _lookup_http(self, sha1: str) -> Lookup:
         import aiohttp
 
-        url = self.url(sha1)
+        url = self._url(sha1)  # validated by lookup()
         policy = self.policy
         reason = ""
         status = 0

@@ -22,6 +22,7 @@ from ti_pipeline.broccoli.client import (
 )
 from ti_pipeline.broccoli.pipeline import run_async
 from ti_pipeline.broccoli.tokens import GoogleTokens
+from ti_pipeline.keys import InvalidKey
 from ti_pipeline_tests.broccoli.conftest import FAST
 
 
@@ -134,6 +135,8 @@ def test_invalid_sha1s_are_rejected_before_any_url_is_built(broccoli_server, val
 
     assert (result.outcome, result.reason, result.http_status) == (REJECTED, "invalid_sha1", 0)
     assert broccoli_server.request_count == 0
+    with pytest.raises(InvalidKey):
+        BroccoliClient(broccoli_server.url).url(value)
 
 
 def test_unknown_labels_map_to_unknown_and_are_marked(broccoli_server):
