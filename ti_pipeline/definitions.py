@@ -43,7 +43,7 @@ defs = Definitions(
     assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets, *vt_load_assets.assets],
     sensors=[submissions_sensor, vt_parquet_landed],
     jobs=jobs,
-    schedules=schedules,
+    schedules=[*schedules, *threat_actor_assets.schedules],
     resources=build_resources(),
     executor=multiprocess_executor,
 )

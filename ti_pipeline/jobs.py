@@ -27,4 +27,10 @@ vt_load_job = define_asset_job(
     description="One exported VT day: its Broccoli classification sidecar, then the merge into ioc_file_hashes.",
 )
 
-jobs = [sage_dump_shards_job, sage_dump_small_collections_job, vt_file_reports_job, vt_load_job]
+threat_actors_job = define_asset_job(
+    "threat_actors_job",
+    selection=AssetSelection.groups("threat_actors"),
+    description="Malpedia sync (one version request when nothing changed), then ATT&CK techniques of changed actors.",
+)
+
+jobs = [sage_dump_shards_job, sage_dump_small_collections_job, vt_file_reports_job, vt_load_job, threat_actors_job]

@@ -12,6 +12,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    ScheduleDefinition,
     asset,
     multi_asset,
 )
@@ -167,3 +168,13 @@ def actor_techniques(context: AssetExecutionContext, config: ActorTechniquesConf
 
 
 assets = [malpedia_sync, actor_techniques]
+
+# Daily and cheap: when Malpedia has not published a new version the run makes one request.
+malpedia_daily = ScheduleDefinition(
+    name="malpedia_daily",
+    job_name="threat_actors_job",
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    description="Every day at 03:00 UTC: sync Malpedia (one request when unchanged) and enrich changed actors.",
+)
+schedules = [malpedia_daily]
