@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import MEDIUMTEXT
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = sa.MetaData()
@@ -130,20 +131,24 @@ submission_ledger = sa.Table(
     sa.Index("ix_submission_ledger_identity", "identity_hash"),
 )
 
+# Malpedia lists can outgrow MySQL's TEXT (64 KiB: a family's reference URLs reach 64 KB in the
+# shipped snapshot alone); MEDIUMTEXT (16 MiB) on TiDB/MySQL, plain TEXT on SQLite.
+LONG_TEXT = sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
+
 threat_actors = sa.Table(
     "threat_actors",
     metadata,
     sa.Column("actor_id", sa.String(128), primary_key=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("uuid", sa.String(36)),
-    sa.Column("description", sa.Text),
+    sa.Column("description", LONG_TEXT),
     sa.Column("country", sa.String(64)),
-    sa.Column("synonyms", sa.Text),
-    sa.Column("refs", sa.Text),
-    sa.Column("families", sa.Text),
+    sa.Column("synonyms", LONG_TEXT),
+    sa.Column("refs", LONG_TEXT),
+    sa.Column("families", LONG_TEXT),
     # Every meta field as canonical JSON (cfr-*, attribution-confidence, ...) and the galaxy relations.
-    sa.Column("meta", sa.Text),
-    sa.Column("related", sa.Text),
+    sa.Column("meta", LONG_TEXT),
+    sa.Column("related", LONG_TEXT),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("removed", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
@@ -158,10 +163,10 @@ malware_families = sa.Table(
     sa.Column("family_id", sa.String(128), primary_key=True),
     sa.Column("common_name", sa.String(255)),
     sa.Column("uuid", sa.String(36)),
-    sa.Column("description", sa.Text),
-    sa.Column("alt_names", sa.Text),
-    sa.Column("attribution", sa.Text),
-    sa.Column("urls", sa.Text),
+    sa.Column("description", LONG_TEXT),
+    sa.Column("alt_names", LONG_TEXT),
+    sa.Column("attribution", LONG_TEXT),
+    sa.Column("urls", LONG_TEXT),
     sa.Column("updated", sa.String(32)),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("removed", sa.Boolean, nullable=False, default=False),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+KEY_LENGTH = 128  # schema: threat_actors.actor_id, malware_families.family_id
 # Fields of a family whose change is not a change of content.
 FAMILY_VOLATILE = frozenset({"updated"})
 
@@ -77,6 +78,13 @@ def _text(record: Mapping[str, Any], name: str, *, required: bool = False) -> st
     return value.strip()
 
 
+def _key(key: str) -> str:
+    """A Malpedia actor or family id as a primary key: a non-empty string of at most 128 characters."""
+    if not isinstance(key, str) or not key.strip() or len(key) > KEY_LENGTH:
+        raise RecordError(f"id {str(key)[:40]!r} is not a string of 1..{KEY_LENGTH} characters")
+    return key
+
+
 def _json_list(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)), ensure_ascii=False)
 
@@ -110,7 +118,7 @@ def actor_row(actor_id: str, actor: Mapping[str, Any], now: datetime) -> dict[st
     content = actor_content(actor)
     meta = content["meta"]
     return {
-        "actor_id": actor_id,
+        "actor_id": _key(actor_id),
         "name": content["value"][:255],
         "uuid": (content["uuid"] or "")[:36] or None,
         "description": content["description"],
@@ -143,7 +151,7 @@ def family_row(family_id: str, family: Mapping[str, Any], now: datetime) -> dict
     content = family_content(family)
     updated = family.get("updated")
     return {
-        "family_id": family_id,
+        "family_id": _key(family_id),
         "common_name": (content["common_name"] or "")[:255] or None,
         "uuid": (content["uuid"] or "")[:36] or None,
         "description": content["description"],

@@ -216,3 +216,16 @@ def test_enrichment_runs_only_for_new_and_updated_actors(full_malpedia_server, w
                                 .where(at.c.actor_id == "new_fancy").distinct()).all()
     assert new_rows == [("synonym", 0.75, "APT28 (G0007)")]
     assert warehouse.count(at, at.c.actor_id == unmapped) == warehouse.count(at, at.c.actor_id == "apt29")
+
+
+def test_long_reference_lists_and_bad_ids(malpedia_server, snapshot, warehouse):
+    """Malpedia lists outgrow MySQL's TEXT (64 KiB); an id longer than the key column is rejected."""
+    family_id = sorted(snapshot.families)[0]
+    urls = [f"https://example.org/report/{i:05d}/a-rather-long-path-segment" for i in range(2000)]
+    snapshot.families[family_id]["urls"] = urls
+    snapshot.actors["x" * 129] = {"value": "Too Long", "meta": {}}
+    report = run_sync(malpedia_server, warehouse, T1)
+    assert report.actors.accounting.rejected == {"malformed_record": 1}
+    assert report.actors.errors[0].reason == f"malformed_record: id '{'x' * 40}' is not a string of 1..128 characters"
+    stored = json.loads(family_rows(warehouse)[family_id].urls)
+    assert stored == sorted(urls) and len(family_rows(warehouse)[family_id].urls) > 100_000
