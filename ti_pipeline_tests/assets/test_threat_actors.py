@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from ti_pipeline import schema
 from ti_pipeline.assets.threat_actors import actor_techniques, malpedia_sync
@@ -109,3 +109,14 @@ def test_an_unreachable_version_fails_the_run_naming_the_url(data_dir, warehouse
 def test_default_budget_is_the_public_quota(data_dir):
     budget = MalpediaResource().budget()
     assert budget.limits == [(60, 60.0), (2000, 3600.0)]
+
+
+def test_job_and_daily_schedule_cover_the_group():
+    from ti_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("threat_actors_job")
+    assert set(job.asset_layer.executable_asset_keys) == {
+        AssetKey("threat_actors"), AssetKey("malware_families"), AssetKey("actor_techniques")
+    }
+    schedule = defs.resolve_schedule_def("malpedia_daily")
+    assert (schedule.job_name, schedule.cron_schedule, schedule.execution_timezone) == ("threat_actors_job", "0 3 * * *", "UTC")
