@@ -1,10 +1,11 @@
 """Malpedia actors and families as table rows, their content hashes, and what changed since last time.
 
-The content hash is a SHA-256 over a canonical serialisation of the content fields only: timestamps
-(a family's ``updated``, the ``updated`` of families embedded in an actor) are left out, so a re-crawl
-that changes nothing but dates is "unchanged". Canonical means: keys sorted, strings stripped, a meta
-value given as one string equal to the same value given as a one-element list, lists of scalars
-de-duplicated and sorted (the order of refs or synonyms carries no meaning).
+The content hash is a SHA-256 over a canonical serialisation of the content fields only (the fields
+the rows store): timestamps (a family's ``updated``, the ``updated`` of families embedded in an actor)
+are left out, so a re-crawl that changes nothing but dates is "unchanged". Canonical means: keys
+sorted, strings stripped, a meta value given as one string equal to the same value given as a
+one-element list, lists of scalars de-duplicated and sorted (the order of refs or synonyms carries no
+meaning).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from datetime import datetime
 from typing import Any
 
 KEY_LENGTH = 128  # schema: threat_actors.actor_id, malware_families.family_id
-# Fields of a family whose change is not a change of content.
-FAMILY_VOLATILE = frozenset({"updated"})
 
 
 class RecordError(ValueError):
@@ -136,13 +135,11 @@ def actor_row(actor_id: str, actor: Mapping[str, Any], now: datetime) -> dict[st
 
 
 def family_content(family: Mapping[str, Any]) -> dict[str, Any]:
+    """The content fields of a family, the ones its row stores (not ``updated``, a timestamp)."""
     if not isinstance(family, Mapping):
         raise RecordError(f"family is a {type(family).__name__}, not an object")
-    content = {k: v for k, v in family.items() if k not in FAMILY_VOLATILE}
-    for name in ("alt_names", "attribution", "urls"):
-        content[name] = as_list(family.get(name))
-    for name in ("common_name", "description", "uuid"):
-        content[name] = _text(family, name)
+    content: dict[str, Any] = {name: as_list(family.get(name)) for name in ("alt_names", "attribution", "urls")}
+    content.update({name: _text(family, name) for name in ("common_name", "description", "uuid")})
     return content
 
 

@@ -82,6 +82,9 @@ def test_family_hash_leaves_out_updated():
     later = {**family, "updated": "2025-01-01"}
     assert family_row("win.emotet", later, NOW)["content_hash"] == family_row("win.emotet", family, NOW)["content_hash"]
     assert family_row("win.emotet", later, NOW)["updated"] == "2025-01-01"
+    assert family_row("win.emotet", {**family, "library_entries": [1]}, NOW)["content_hash"] == (
+        family_row("win.emotet", family, NOW)["content_hash"]
+    )  # only the fields the row stores are content
     renamed = {**family, "alt_names": ["Geodo", "Heodo"]}
     assert family_row("win.emotet", renamed, NOW)["content_hash"] != family_row("win.emotet", family, NOW)["content_hash"]
 
