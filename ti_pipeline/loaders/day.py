@@ -100,15 +100,17 @@ def load_day(
     acc.figures["staged_rows"] = staged
     acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
 
+    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect)
     started = time.monotonic()
-    outcomes = merge_staged(warehouse, MergePlan(reports_table, sidecar_table, warehouse.dialect), settings, log, acc, on_event)
+    outcomes = merge_staged(warehouse, plan, settings, log, acc, on_event)
     merge_seconds = time.monotonic() - started
     acc.written = outcomes["inserted"] + outcomes["updated"] + outcomes["reapplied"]
     acc.filter(KEPT_OLDER, outcomes["kept_older"])
+    with warehouse.engine.connect() as conn:
+        missing = conn.execute(plan.missing_statement()).scalar_one()
+        outcomes["token_rows"] = conn.execute(plan.token_rows_statement()).scalar_one()
     for name in ("inserted", "updated", "reapplied", "kept_older", "token_rows"):
         acc.figures[name] = outcomes[name]
-    with warehouse.engine.connect() as conn:
-        missing = conn.execute(MergePlan(reports_table, sidecar_table, warehouse.dialect).missing_statement()).scalar_one()
     drop(warehouse, reports_table, sidecar_table)
     acc.figures["staging_ms"] = round(staging_seconds * 1000)
     acc.figures["merge_ms"] = round(merge_seconds * 1000)

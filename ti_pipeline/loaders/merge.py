@@ -126,21 +126,33 @@ class MergePlan:
         return stmt.on_duplicate_key_update(self._assignments(stmt.inserted))
 
     def outcome_statement(self, lo: bytes | None, hi: bytes | None) -> sa.Select:
-        """How the range's staged rows will fare: inserted, updated, reapplied, kept_older, token rows."""
-        source = self._source_select(lo, hi).subquery("incoming")
+        """How the range's staged rows will fare against what is stored: inserted, updated, reapplied, kept_older."""
+        new = self.reports.c
         stored = TARGET.alias("stored")
+        old = stored.c
 
         def count(condition) -> sa.ColumnElement:
             return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
-        new, old = source.c, stored.c
-        return sa.select(
-            count(old.sha256.is_(None)).label("inserted"),
-            count(sa.and_(old.sha256.is_not(None), sa.or_(old.scan_date.is_(None), new.scan_date > old.scan_date))).label("updated"),
-            count(new.scan_date == old.scan_date).label("reapplied"),
-            count(new.scan_date < old.scan_date).label("kept_older"),
-            count(new.source == _lit("TOKENS")).label("token_rows"),
-        ).select_from(source.outerjoin(stored, old.sha256 == new.sha256))
+        return (
+            sa.select(
+                count(old.sha256.is_(None)).label("inserted"),
+                count(sa.and_(old.sha256.is_not(None), sa.or_(old.scan_date.is_(None), new.scan_date > old.scan_date))).label("updated"),
+                count(new.scan_date == old.scan_date).label("reapplied"),
+                count(new.scan_date < old.scan_date).label("kept_older"),
+            )
+            .select_from(self.reports.outerjoin(stored, old.sha256 == new.sha256))
+            .where(*self._key_range(lo, hi))
+        )
+
+    def token_rows_statement(self) -> sa.Select:
+        """The day's rows that a curated token classifies (after the merge)."""
+        s = self.reports.c
+        return (
+            sa.select(sa.func.count())
+            .select_from(self.reports.join(TARGET, TARGET.c.sha256 == s.sha256))
+            .where(TARGET.c.source == _lit("TOKENS"))
+        )
 
     def next_bound(self, lo: bytes | None, chunk_rows: int) -> sa.Select:
         key = self.reports.c.sha256
@@ -168,4 +180,4 @@ def merge_range(conn: sa.Connection, plan: MergePlan, lo: bytes | None, hi: byte
     """Count the outcomes, then merge, in the caller's transaction."""
     row = conn.execute(plan.outcome_statement(lo, hi)).one()
     conn.execute(plan.merge_statement(lo, hi))
-    return Counter({name: int(getattr(row, name)) for name in (*OUTCOMES, "token_rows")})
+    return Counter({name: int(getattr(row, name)) for name in OUTCOMES})

@@ -144,6 +144,9 @@ class SqlStager:
         request.quarantine(records)
 
     def _send(self, engine, request: StageRequest, table: sa.Table, batch: pa.RecordBatch, result: StageResult, what: str) -> None:
+        # In key order the server appends to the staging B-tree instead of splitting pages all over it.
+        key = table.primary_key.columns.values()[0].name
+        batch = batch.take(pc.sort_indices(batch, sort_keys=[(key, "ascending")]))
         if self._use_load_data:
             with tempfile.TemporaryDirectory(prefix="ti-stage-") as tmp:
                 path = os.path.join(tmp, "batch.tsv")

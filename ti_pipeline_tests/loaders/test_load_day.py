@@ -172,7 +172,7 @@ def test_curated_tokens_outrank_the_feed(store, load, warehouse):
     }
     # The token row still takes the newer scan data.
     assert rows[sha256_of(3)]["scan_date"] == dt("2024-01-01 10:00:00")
-    assert result.accounting.figures["token_rows"] == 2
+    assert result.accounting.figures["token_rows"] == 3  # the day's rows under a curated token
 
 
 def test_unusable_rows_are_quarantined_and_duplicates_counted(store, load, warehouse):
