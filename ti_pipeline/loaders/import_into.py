@@ -57,6 +57,17 @@ def run_import_job(
     job_id = int(rows[0]["Job_ID"])
     log.info(f"IMPORT INTO job {job_id} submitted")
     deadline = clock() + timeout
+    try:
+        return _poll(execute, job_id, log=log, poll_seconds=poll_seconds, timeout=timeout, deadline=deadline, sleep=sleep, clock=clock)
+    except LoaderError:
+        raise
+    except BaseException:
+        # The run is being stopped: do not leave the job importing into a table the re-run re-creates.
+        execute(cancel_import_job_statement(job_id))
+        raise
+
+
+def _poll(execute: Execute, job_id: int, *, log, poll_seconds, timeout, deadline, sleep, clock) -> Mapping[str, object]:
     last_phase = None
     while True:
         jobs = execute(show_import_job_statement(job_id))
@@ -76,7 +87,6 @@ def run_import_job(
             execute(cancel_import_job_statement(job_id))
             raise LoaderError(f"import job {job_id} still {status} after {timeout:g}s; cancelled")
         sleep(poll_seconds)
-
 
 class ImportIntoStager:
     name = "import_into"

@@ -82,13 +82,26 @@ def run_streaming(
     try:
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
         reader.join(5)
         raise LoaderError(f"{what} timed out after {timeout:g}s and was killed; last output: {tail[-1] if tail else '(none)'}") from None
+    except BaseException:
+        # The run itself is being stopped (terminated from the UI, interrupted): never leave the tool
+        # importing into a staging table the re-run is about to re-create.
+        _kill(proc)
+        raise
     reader.join(30)
     error = last_error[0] if last_error else None
     if returncode != 0:
         reason = error or (tail[-1] if tail else "no output")
         raise LoaderError(f"{what} exited with status {returncode}: {reason}")
     return RunResult(returncode, count[0], error)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """The tool and every process it started (it runs in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -79,6 +79,17 @@ def test_a_job_running_past_the_timeout_is_cancelled():
     assert tidb.statements[-1] == "CANCEL IMPORT JOB 7"
 
 
+def test_a_run_stopped_while_polling_cancels_the_job():
+    tidb = ScriptedTidb([{"Job_ID": 7, "Status": "running", "Phase": "importing"}])
+
+    def stopped(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_import_job(tidb, STATEMENT, log=LOG, poll_seconds=10, timeout=600, sleep=stopped)
+    assert tidb.statements == [STATEMENT, "SHOW IMPORT JOB 7", "CANCEL IMPORT JOB 7"]
+
+
 @pytest.mark.parametrize("warehouse_url", ["mysql"], indirect=True)
 def test_parquet_the_manifest_does_not_list_stops_the_import(store, warehouse):
     write_day(store, "2024-01-01", [report(0, "2024-01-01 10:00:00")], [])

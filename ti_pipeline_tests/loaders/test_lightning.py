@@ -133,6 +133,30 @@ def test_a_hung_tool_is_killed_at_the_timeout(tmp_path):
         os.kill(int(pid_file.read_text()), 0)
 
 
+def test_an_interrupted_run_kills_the_tool(tmp_path):
+    import signal
+    import threading
+
+    pid_file = tmp_path / "pid"
+    exe = stand_in(tmp_path, f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        print("[INFO] importing", flush=True)
+        time.sleep(3600)
+    """)
+
+    def interrupt_once_started() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            threading.Event().wait(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_streaming([exe], log=logging.getLogger("test"), timeout=600)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 # A stand-in for tidb-lightning that does what its task says: reads the config, imports the routed
 # Parquet files of data-source-dir into [[mydumper.files]].table over the MySQL protocol.
 FAKE_LIGHTNING = """
