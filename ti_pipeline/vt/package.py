@@ -24,7 +24,7 @@ from ti_pipeline.exports import VT_FILE_REPORTS
 from ti_pipeline.vt import records
 
 CHUNK_BYTES = 1 << 20
-# A line longer than this is not a report: it is rejected instead of being buffered without end.
+# A line longer than this is not a report: it is rejected (one record) instead of being buffered without end.
 MAX_LINE_BYTES = 64 << 20
 EXCERPT_BYTES = 512
 _BLOCK = tarfile.BLOCKSIZE
@@ -178,15 +178,22 @@ class _LineParser:
 
     def feed(self, chunks: Iterator[bytes]) -> None:
         carry = b""
+        skipping = False  # inside a line already rejected as too long: drop it up to its newline
         for chunk in chunks:
+            if skipping:
+                end = chunk.find(b"\n") + 1
+                self.decoded += end or len(chunk)
+                if not end:
+                    continue
+                skipping, chunk = False, chunk[end:]
             data = carry + chunk if carry else chunk
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 carry = data
                 if len(carry) > MAX_LINE_BYTES:
-                    self._reject_line(carry[:EXCERPT_BYTES], self.decoded, "line_too_long")
+                    self._reject_line(carry, self.decoded, records.REJECT_LINE_TOO_LONG)
                     self.decoded += len(carry)
-                    carry = b""
+                    carry, skipping = b"", True
                 continue
             self._block(memoryview(data)[:cut] if cut < len(data) else data)
             carry = data[cut:]

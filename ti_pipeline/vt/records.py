@@ -28,6 +28,7 @@ REJECT_MISSING_SHA256 = "missing_sha256"
 REJECT_INVALID_SHA256 = "invalid_sha256"
 REJECT_MISSING_SCAN_DATE = "missing_scan_date"
 REJECT_INVALID_SCAN_DATE = "invalid_scan_date"
+REJECT_LINE_TOO_LONG = "line_too_long"
 REJECT_CORRUPT_PACKAGE = "corrupt_package"
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from ti_pipeline.exports import VT_FILE_REPORTS
 from ti_pipeline.sample_data.vt import file_hashes, v2_package, v2_report, v3_object
+from ti_pipeline.vt import package
 from ti_pipeline.vt.package import read_package, split_by_bucket
 
 SCAN = datetime(2020, 11, 1, 10, 0, tzinfo=UTC)
@@ -91,6 +92,17 @@ def test_v3_package_without_trailing_newline():
         expected_row(6, SCAN, 2, "Avast:A;Sophos:S", "20201101/20201101T1001"),
     ]
     assert result.accounting.read == 2
+
+
+def test_an_overlong_line_is_one_reject_and_reading_goes_on(monkeypatch):
+    monkeypatch.setattr(package, "MAX_LINE_BYTES", 3000)
+    monkeypatch.setattr(package, "CHUNK_BYTES", 700)
+    long_line = b'{"junk": "' + b"x" * 5000 + b'"}'
+    data = bz2.compress(long_line + b"\n" + line(v3_object(9, SCAN, {"Avast": "A"}, engines=ENGINES)) + b"\n")
+    result = read(data)
+    assert [r["sha256"] for r in rows(result)] == [bytes.fromhex(file_hashes(9)[0])]
+    assert (result.accounting.read, dict(result.accounting.rejected)) == (2, {"line_too_long": 1})
+    assert [(q.reason, q.offset) for q in result.quarantine] == [("line_too_long", 0)]
 
 
 def test_tar_with_several_members_and_a_directory_reads_every_file():
