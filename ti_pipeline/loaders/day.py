@@ -144,6 +144,7 @@ def merge_staged(
         retrying(work, f"merge chunk {index}", log, acc.figures)
         totals.update(outcome["counts"])
         acc.figures["merge_chunks"] += 1
+        log.info(f"merged key range {index + 1}/{len(ranges)}: {sum(totals.values()):,} staged rows so far")
         if on_event is not None:
             on_event("merged_chunk", index)
     return totals

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 
 import polars as pl
@@ -66,15 +67,28 @@ def write_tsv(batch: pa.RecordBatch, path: str) -> None:
     )
 
 
-def split_valid(batch: pa.RecordBatch, required: tuple[str, ...]) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
-    """The rows with every required column present, and the others (None when there are none)."""
+def split_valid(batch: pa.RecordBatch, required: tuple[str, ...]) -> tuple[pa.RecordBatch, pa.Array | None]:
+    """The rows with every required column present, and the indices of the others (None when none)."""
     mask = None
     for name in required:
         valid = pc.is_valid(batch.column(name))
         mask = valid if mask is None else pc.and_(mask, valid)
     if mask is None or pc.all(mask).as_py():
         return batch, None
-    return batch.filter(mask), batch.filter(pc.invert(mask))
+    return batch.filter(mask), pc.indices_nonzero(pc.invert(mask))
+
+
+def quarantine_records(
+    batch: pa.RecordBatch, indices: pa.Array, required: tuple[str, ...], url: str, offset: int, rejected: Counter[str]
+) -> list[QuarantineRecord]:
+    """One record per unusable row (reason: the first required column it lacks), counted in ``rejected``."""
+    records = []
+    for index, row in zip(indices.to_pylist(), batch.take(indices).to_pylist(), strict=True):
+        reason = "missing_" + next(name for name in required if row.get(name) is None)
+        rejected[reason] += 1
+        excerpt = {k: (v.hex() if isinstance(v, bytes) else str(v) if v is not None else None) for k, v in row.items()}
+        records.append(QuarantineRecord(source=url, reason=reason, offset=offset + index, excerpt=str(excerpt)[:512]))
+    return records
 
 
 class SqlStager:
@@ -91,14 +105,20 @@ class SqlStager:
         engine = self._staging_engine(wh.engine)
         try:
             index = 0
-            for batch, _offset in self._batches(request, request.reports, result, REQUIRED):
-                self._send(engine, request, request.reports_table, batch, result, f"staging batch {index}")
+            for batch, read in self._batches(request, request.reports, result.rejected, REQUIRED):
+                result.read += read
+                if batch.num_rows:
+                    self._send(engine, request, request.reports_table, batch, result, f"staging batch {index}")
                 result.figures["staged_batches"] += 1
+                request.log.info(f"staged {result.read:,} report rows of {request.reports.prefix} ({index + 1} batches)")
                 request.event("staged_batch", index)
                 index += 1
-            for batch, _ in self._batches(request, request.sidecar, None, ("sha1",)):
-                self._send(engine, request, request.sidecar_table, batch, result, "staging sidecar batch")
-                result.figures["sidecar_rows_read"] += batch.num_rows
+            sidecar_rejected: Counter[str] = Counter()
+            for batch, read in self._batches(request, request.sidecar, sidecar_rejected, ("sha1",)):
+                result.figures["sidecar_rows_read"] += read
+                if batch.num_rows:
+                    self._send(engine, request, request.sidecar_table, batch, result, "staging sidecar batch")
+            result.figures["sidecar_rejected"] += sum(sidecar_rejected.values())
         finally:
             engine.dispose()
         return result
@@ -116,32 +136,16 @@ class SqlStager:
         return sa.create_engine(url, pool_size=1, max_overflow=0)
 
     def _batches(
-        self, request: StageRequest, export: DayExport, result: StageResult | None, required: tuple[str, ...]
+        self, request: StageRequest, export: DayExport, rejected: Counter[str], required: tuple[str, ...]
     ) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """Valid rows of every listed part in bounded batches; the others quarantined and counted."""
         for part in export.parts:
             url = request.store.url_of(part.name)
             for offset, batch in iter_batches(request.store, part, request.settings.batch_rows):
-                if result is not None:
-                    result.read += batch.num_rows
                 valid, invalid = split_valid(batch, required)
                 if invalid is not None:
-                    self._quarantine(request, result, url, offset, batch, required)
-                if valid.num_rows:
-                    yield valid, offset
-
-    @staticmethod
-    def _quarantine(request, result, url, offset, batch, required) -> None:
-        records = []
-        for i, row in enumerate(batch.to_pylist()):
-            missing = [name for name in required if row.get(name) is None]
-            if not missing:
-                continue
-            reason = f"missing_{missing[0]}"
-            if result is not None:
-                result.rejected[reason] += 1
-            excerpt = {k: (v.hex() if isinstance(v, bytes) else str(v) if v is not None else None) for k, v in row.items()}
-            records.append(QuarantineRecord(source=url, reason=reason, offset=offset + i, excerpt=str(excerpt)[:512]))
-        request.quarantine(records)
+                    request.quarantine(quarantine_records(batch, invalid, required, url, offset, rejected))
+                yield valid, batch.num_rows
 
     def _send(self, engine, request: StageRequest, table: sa.Table, batch: pa.RecordBatch, result: StageResult, what: str) -> None:
         # In key order the server appends to the staging B-tree instead of splitting pages all over it.
