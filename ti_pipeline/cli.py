@@ -102,6 +102,19 @@ def _cmd_malpedia_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lookup(args: argparse.Namespace) -> int:
+    import json
+
+    from ti_pipeline.lookup import lookup, render
+    from ti_pipeline.warehouse import Warehouse
+
+    warehouse = Warehouse(settings.resolve("TI_WAREHOUSE_URL"))
+    found = lookup(warehouse, args.value)
+    print(json.dumps(found, indent=2) if args.json else render(found))
+    warehouse.dispose()
+    return 0
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(map(len, counts))
     print()
@@ -129,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("counts", help="rows per warehouse table")
     p.set_defaults(func=_cmd_counts)
+
+    p = sub.add_parser("lookup", help="what the warehouse holds about a hash, domain or IP (and its actors)")
+    p.add_argument("value")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_lookup)
 
     p = sub.add_parser("keygen", help="make the RSA key pair of the submissions archive (private key mode 0600)")
     p.add_argument("--private-key", help="default: TI_SUBMISSIONS_PRIVATE_KEY_FILE")
