@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -17,7 +18,15 @@ import sqlalchemy as sa
 
 from ti_pipeline import keys, schema
 from ti_pipeline.accounting import Accounting, QuarantineRecord
-from ti_pipeline.loaders.base import EventHook, LoaderError, LoadSettings, Stager, StageRequest, retrying
+from ti_pipeline.loaders.base import (
+    EventHook,
+    LoaderError,
+    LoadSettings,
+    Stager,
+    StageRequest,
+    mysql_family,
+    retrying,
+)
 from ti_pipeline.loaders.exports_reader import DayExport, check_parts, require_day_export
 from ti_pipeline.loaders.merge import MergePlan, key_ranges, merge_range
 from ti_pipeline.objectstore import ObjectStore
@@ -73,6 +82,43 @@ def load_day(
     on_event: EventHook | None = None,
 ) -> DayLoad:
     day = keys.day(day)
+    with day_lock(warehouse, day):
+        return _load_day(warehouse, store, day, settings, log=log, quarantine=quarantine, on_event=on_event)
+
+
+@contextmanager
+def day_lock(warehouse: Warehouse, day: date) -> Iterator[None]:
+    """One load of a day at a time (a sensor run and a backfill would re-create each other's staging).
+
+    A MySQL/TiDB named lock held by a connection of its own; it dies with that connection, so a killed
+    run never leaves it behind. SQLite serializes writers by itself.
+    """
+    if not mysql_family(warehouse):
+        yield
+        return
+    name = f"ti_vt_load_{day:%Y%m%d}"
+    with warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() != 1:
+            raise LoaderError(f"another run is loading {day} (named lock {name} is held); try again once it ends")
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+            except sa.exc.DBAPIError:
+                pass  # the session is gone, and its lock with it
+
+
+def _load_day(
+    warehouse: Warehouse,
+    store: ObjectStore,
+    day: date,
+    settings: LoadSettings,
+    *,
+    log: logging.Logger,
+    quarantine: Callable[[Sequence[QuarantineRecord]], None],
+    on_event: EventHook | None,
+) -> DayLoad:
     reports = require_day_export(store, REPORTS_DATASET, day)
     sidecar = require_day_export(store, SIDECAR_DATASET, day)
     check_parts(store, reports)
