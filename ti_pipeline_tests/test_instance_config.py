@@ -1,0 +1,72 @@
+"""The instance configurations: both validate, and the production storage works on a real Postgres."""
+
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from dagster import AssetKey, DagsterInstance, materialize
+from dagster._core.instance.config import dagster_instance_config
+
+from ti_pipeline.assets.sage_dump import file_extension_classification
+from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
+from ti_pipeline.sample_data.sage import dump_name, extension_docs, write_dump_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+@pytest.mark.parametrize("source", ["dagster.yaml", "deploy/dagster.production.yaml"])
+def test_instance_yaml_validates(tmp_path, monkeypatch, source):
+    monkeypatch.setenv("DAGSTER_PG_URL", f"{PG_SERVER}/x")
+    monkeypatch.setenv("TI_PIPELINE_IMAGE", "ti-pipeline:test")
+    shutil.copy(ROOT / source, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] >= 4
+    assert {"key": "ti_pipeline/heavy", "limit": config["concurrency"]["runs"]["tag_concurrency_limits"][0]["limit"]} \
+        == config["concurrency"]["runs"]["tag_concurrency_limits"][0]
+
+
+@pytest.fixture
+def postgres_db():
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no Postgres answers on 127.0.0.1:5432")
+        pytest.skip("no Postgres on 127.0.0.1:5432")
+    name = f"ti_dagster_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_production_storage_records_a_run_on_postgres(tmp_path, monkeypatch, postgres_db):
+    monkeypatch.setenv("DAGSTER_PG_URL", f"{PG_SERVER}/{postgres_db}")
+    production = yaml.safe_load((ROOT / "deploy/dagster.production.yaml").read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": production["storage"]}))
+    store = LocalStore(tmp_path / "dump")
+    write_dump_file(store, dump_name("r04", "FILE_EXTENSION_CLASSIFICATION"), extension_docs(10))
+    with DagsterInstance.from_config(str(home)) as instance:
+        result = materialize(
+            [file_extension_classification], instance=instance,
+            run_config={"ops": {"sage_dump__file_extension_classification": {"config": {"workers": 1}}}},
+            resources={"warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'w.sqlite'}"),
+                       "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=store.uri)},
+        )
+        assert result.success
+        key = AssetKey(["sage_dump", "file_extension_classification"])
+        event = instance.get_latest_materialization_event(key)
+        assert event.asset_materialization.metadata["written"].value == 9
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
