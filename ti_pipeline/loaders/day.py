@@ -28,7 +28,10 @@ from ti_pipeline.loaders.base import (
     retrying,
 )
 from ti_pipeline.loaders.exports_reader import DayExport, check_parts, require_day_export
+from ti_pipeline.loaders.import_into import ImportIntoStager
+from ti_pipeline.loaders.lightning import LightningStager
 from ti_pipeline.loaders.merge import MergePlan, key_ranges, merge_range
+from ti_pipeline.loaders.sql import SqlStager
 from ti_pipeline.objectstore import ObjectStore
 from ti_pipeline.warehouse import Warehouse
 
@@ -50,10 +53,6 @@ class DayLoad:
 
 
 def make_stager(name: str) -> Stager:
-    from ti_pipeline.loaders.import_into import ImportIntoStager
-    from ti_pipeline.loaders.lightning import LightningStager
-    from ti_pipeline.loaders.sql import SqlStager
-
     return {"sql": SqlStager, "lightning": LightningStager, "import_into": ImportIntoStager}[name]()
 
 
