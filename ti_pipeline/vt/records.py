@@ -51,7 +51,8 @@ class V3Attributes(msgspec.Struct):
     sha1: str | None = None
     md5: str | None = None
     last_analysis_stats: V3Stats | None = None
-    last_analysis_results: dict[str, V3Result] | None = None
+    # Decoded only for a kept report (see ``_engines``): most lines are filtered before they need it.
+    last_analysis_results: msgspec.Raw = msgspec.Raw()
     last_analysis_date: int | None = None
 
 
@@ -66,7 +67,7 @@ class Report(msgspec.Struct):
     positives: int | None = None
     total: int | None = None
     scan_date: datetime | None = None
-    scans: dict[str, V2Scan] | None = None
+    scans: msgspec.Raw = msgspec.Raw()  # decoded only for a kept report; empty when absent
     # v3 file object
     id: str | None = None
     type: str | None = None
@@ -77,6 +78,8 @@ class Report(msgspec.Struct):
 DECODER = msgspec.json.Decoder(Report, strict=False)
 DecodeError = msgspec.DecodeError
 ValidationError = msgspec.ValidationError
+_V2_SCANS = msgspec.json.Decoder(dict[str, V2Scan] | None, strict=False)
+_V3_RESULTS = msgspec.json.Decoder(dict[str, V3Result] | None, strict=False)
 
 _EPOCH = datetime(1970, 1, 1)
 _ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1) - _EPOCH
@@ -140,7 +143,7 @@ def evaluate(report: Report, acc: Accounting) -> Kept | tuple[str, str]:
         return _evaluate_v3(report, attributes, acc)
     if report.response_code == 0:
         return ("filtered", FILTER_NOT_FOUND)
-    if report.sha256 is None and report.scans is None and report.positives is None:
+    if report.sha256 is None and not report.scans and report.positives is None:
         return ("rejected", REJECT_MISSING_SHA256 if report.response_code is not None else REJECT_UNKNOWN_SHAPE)
     if report.sha256 is None:
         return ("rejected", REJECT_MISSING_SHA256)
@@ -152,7 +155,10 @@ def evaluate(report: Report, acc: Accounting) -> Kept | tuple[str, str]:
         return ("filtered", FILTER_POSITIVES_ZERO)
     if report.scan_date is None:
         return ("rejected", REJECT_MISSING_SCAN_DATE)
-    scans = report.scans or {}
+    try:
+        scans = (_V2_SCANS.decode(report.scans) if report.scans else None) or {}
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return ("rejected", REJECT_INVALID_FIELD_TYPE)
     names = ";".join(
         f"{engine}:{scan.result}" if scan.result else engine for engine, scan in scans.items() if scan.detected
     )
@@ -180,7 +186,11 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting) -> K
         return ("filtered", FILTER_POSITIVES_ZERO)
     if attributes.last_analysis_date is None:
         return ("rejected", REJECT_MISSING_SCAN_DATE)
-    results = attributes.last_analysis_results or {}
+    try:
+        raw = attributes.last_analysis_results
+        results = (_V3_RESULTS.decode(raw) if raw else None) or {}
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return ("rejected", REJECT_INVALID_FIELD_TYPE)
     names = ";".join(
         f"{engine}:{r.result}" if r.result else engine for engine, r in results.items() if r.category == "malicious"
     )

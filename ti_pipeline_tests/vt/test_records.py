@@ -143,3 +143,13 @@ def test_numbers_written_as_floats_or_strings_still_decode():
     report["positives"], report["total"] = 1.0, "4"
     kept = records.evaluate(decode(report), Accounting())
     assert (kept.positives, kept.total) == (1, 4)
+
+
+def test_scans_are_decoded_only_for_kept_reports_and_checked_then():
+    report = v2_report(10, SCAN, {"Avast": "X"}, engines=ENGINES)
+    report["scans"]["ClamAV"]["detected"] = "maybe"
+    assert records.evaluate(decode(report), Accounting()) == ("rejected", "invalid_field_type")
+    report["positives"] = 0
+    assert records.evaluate(decode(report), Accounting()) == ("filtered", "positives_zero")
+    report["positives"], report["scans"] = 1, None
+    assert records.evaluate(decode(report), Accounting()).detection_names is None
