@@ -53,6 +53,7 @@ def _extra(rng: random.Random) -> dict:
 
 
 def write_day(root: Path, packages: int, reports: int, seed: int = 0) -> list[Path]:
+    """``packages`` packages at minutes 0, 30, 60, ... (room for the copies of the RSS run)."""
     from ti_pipeline.sample_data.sage import ENGINES, FAMILIES
     from ti_pipeline.sample_data.vt import package_name, v2_package, v2_report
 
@@ -68,7 +69,7 @@ def write_day(root: Path, packages: int, reports: int, seed: int = 0) -> list[Pa
             detected = {e: f"{family}.{rng.randrange(999)}" for e in rng.sample(ENGINES, positives)}
             scan = start + timedelta(seconds=rng.randrange(86400))
             lines.append(json.dumps(v2_report(index, scan, detected, extra=_extra(rng))).encode())
-        path = root / package_name(start.date(), p * 7)
+        path = root / package_name(start.date(), p * 30)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(v2_package(lines))
         paths.append(path)
@@ -223,6 +224,7 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=4, help="packages in the day (default 4)")
     parser.add_argument("--reports", type=int, default=1500, help="reports per package (default 1500, ~8 KB each)")
     parser.add_argument("--workers", type=int, default=2, help="pool size for the RSS-vs-day-size run")
+    parser.add_argument("--scales", default="1,2,4", help="day sizes of the RSS run, in multiples of --packages")
     parser.add_argument(
         "--repeat", type=int, default=3,
         help="passes per measurement, the least disturbed counts (the export: 3x as many, each paired with a bz2 pass)",
@@ -270,12 +272,12 @@ def main() -> None:
 
     print(f"\npeak RSS as the day grows (pool of {args.workers}):")
     print(f"{'packages':>9} {'worker peak RSS MiB':>20} {'parent peak RSS MiB':>20} {'wall s':>7}")
-    for scale in (1, 2):
+    for scale in (int(x) for x in args.scales.split(",")):
         day_feed = args.workdir / f"feed_x{scale}"
         shutil.rmtree(day_feed, ignore_errors=True)
         for i in range(scale):
             for path in sorted(feed.rglob("*T*")):
-                minute = int(path.name[-4:-2]) * 60 + int(path.name[-2:]) + 700 * i
+                minute = int(path.name[-4:-2]) * 60 + int(path.name[-2:]) + 1 + i
                 target = day_feed / path.parent.name / f"{path.parent.name}T{minute // 60:02d}{minute % 60:02d}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
