@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from ti_pipeline import keys, schema
 from ti_pipeline.accounting import Accounting, QuarantineRecord
+from ti_pipeline.failpoints import failpoint
 from ti_pipeline.loaders.base import (
     EventHook,
     LoaderError,
@@ -187,6 +188,7 @@ def merge_staged(
                 outcome["counts"] = merge_range(conn, plan, lo, hi)
 
         retrying(work, f"merge chunk {index}", log, acc.figures)
+        failpoint("load.merge_chunk")
         totals.update(outcome["counts"])
         acc.figures["merge_chunks"] += 1
         log.info(f"merged key range {index + 1}/{len(ranges)}: {sum(totals.values()):,} staged rows so far")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from ti_pipeline import schema
 from ti_pipeline.accounting import Accounting
+from ti_pipeline.failpoints import failpoint
 from ti_pipeline.objectstore import ObjectStore
 from ti_pipeline.sage.pipeline import process_stream
 from ti_pipeline.warehouse import MergeRule, Warehouse
@@ -43,6 +44,7 @@ def load_dump_file(
         for result in process_stream(stream, collection, store.url_of(name), workers=workers, block_bytes=block_bytes):
             for table_name, rows in result.rows.items():
                 warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
+                failpoint("sage.block_written")
             warehouse.add_quarantine(*quarantine_key, result.quarantine)
             acc.merge(result.accounting)
             nbytes += result.bytes_read

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from ti_pipeline import keys
 from ti_pipeline.accounting import Accounting, QuarantineRecord
 from ti_pipeline.exports import VT_FILE_REPORTS, part_name, partition_prefix, success_name
+from ti_pipeline.failpoints import failpoint
 from ti_pipeline.objectstore import ObjectInfo, ObjectStore, open_store
 from ti_pipeline.vt import records
 from ti_pipeline.vt.package import PackageResult, SourceError, read_package
@@ -126,7 +127,9 @@ def process_package(feed_uri: str, name: str, buckets: int) -> PackageResult:
             except Exception as exc:
                 raise SourceError(f"{type(exc).__name__}: {exc}") from exc
             with raw:
-                return read_package(raw, name, store.url_of(name), buckets)
+                result = read_package(raw, name, store.url_of(name), buckets)
+            failpoint("vt_export.package_decompressed")
+            return result
         except SourceError as exc:
             if attempt == READ_ATTEMPTS - 1:
                 raise SourceError(f"cannot read {store.url_of(name)}: {exc}") from exc
@@ -266,6 +269,7 @@ class _PartWriter:
         local = self._local()
         name = part_name(DATASET, self.day, len(self.parts))
         info = self.store.write_file(name, local)
+        failpoint("vt_export.part_written")
         local.unlink()
         self.parts.append({"name": name, "rows": self._part_rows, "generation": info.generation})
         self._part_rows = 0
