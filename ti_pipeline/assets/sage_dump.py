@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 
+import sqlalchemy as sa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -12,13 +13,14 @@ from dagster import (
     Config,
     Failure,
     MaterializeResult,
+    MetadataValue,
     asset,
     multi_asset,
 )
 
 from ti_pipeline import keys, schema
 from ti_pipeline.accounting import Accounting
-from ti_pipeline.assets.common import Progress, accounting_metadata, reconcile_check
+from ti_pipeline.assets.common import Progress, accounting_metadata, reconcile_check, sample_table
 from ti_pipeline.objectstore import ObjectStore
 from ti_pipeline.partitions import dump_shards
 from ti_pipeline.quality import invalid_keys
@@ -77,6 +79,25 @@ def load_collection(
     return total
 
 
+SAMPLE_COLUMNS = {
+    "ioc_file_hashes": ("sha256", "classification", "positives", "total", "scan_date", "detection_names"),
+    "ioc_domains": ("domain", "classification", "source", "positives", "detected_urls", "last_seen"),
+}
+
+
+def sample_rows(warehouse: Warehouse, table_name: str, limit: int = 5) -> list[dict]:
+    """A few dump rows of the table, for a look at what was written."""
+    table = TABLES[table_name]
+    query = (
+        sa.select(*(table.c[c] for c in SAMPLE_COLUMNS[table_name]))
+        .where(table.c.source == "SAGE_DUMP")
+        .order_by(table.primary_key.columns.values()[0])
+        .limit(limit)
+    )
+    with warehouse.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
 def key_check(warehouse: Warehouse, table_name: str, asset_key: AssetKey) -> AssetCheckResult:
     count, examples = invalid_keys(warehouse, TABLES[table_name])
     return AssetCheckResult(
@@ -106,7 +127,8 @@ def _shard_asset(name: str, collection: str, description: str):
         check_specs=_checks(name),
         pool="warehouse_writes",
         tags={"ti_pipeline/heavy": "bson_decode"},
-        metadata={"dagster/table_name": name, "source_collection": collection},
+        metadata={"dagster/table_name": name, "source_collection": collection,
+                  **({"feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"} if name == "ioc_file_hashes" else {})},
         kinds={"python", "sql"},
     )
     def _asset(
@@ -122,7 +144,8 @@ def _shard_asset(name: str, collection: str, description: str):
             collection=collection, shards=[shard], asset_name=name, partition_key=shard,
         )
         key = AssetKey([PREFIX, name])
-        yield MaterializeResult(asset_key=key, metadata=accounting_metadata(acc, {"shard": shard}))
+        extra = {"shard": shard, "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
+        yield MaterializeResult(asset_key=key, metadata=accounting_metadata(acc, extra))
         yield reconcile_check(acc, asset_key=key)
         yield key_check(wh, name, key)
 
@@ -133,7 +156,7 @@ ioc_file_hashes = _shard_asset(
     "ioc_file_hashes",
     "file_rep",
     "File-hash reputation from the dump's file_rep (VT report kept when response_code is 1). "
-    "The VT feed load writes the same table; the newest scan_date wins.",
+    "The table's other feeder is vt_feed/ioc_file_hashes (the daily VT load); the newest scan_date wins.",
 )
 ioc_domains = _shard_asset(
     "ioc_domains",

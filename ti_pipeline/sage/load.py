@@ -22,6 +22,8 @@ MERGE_RULES = {
     "ioc_tokens": MergeRule(),
     "file_extension_classification": MergeRule(),
 }
+# The table whose classification mix a collection's load reports (as figures classification.<value>).
+MIX_OF = {"file_rep": "ioc_file_hashes", "domain_classification": "ioc_domains"}
 
 
 def load_dump_file(
@@ -45,6 +47,8 @@ def load_dump_file(
             for table_name, rows in result.rows.items():
                 warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
                 failpoint("sage.block_written")
+                if MIX_OF.get(collection) == table_name:
+                    acc.figures.update(f"classification.{row['classification']}" for row in rows)
             warehouse.add_quarantine(*quarantine_key, result.quarantine)
             acc.merge(result.accounting)
             nbytes += result.bytes_read

@@ -77,6 +77,10 @@ def test_file_rep_partition_loads_rows_and_quarantines_bad_input(tmp_path, wareh
         assert {k: meta[k] for k in ("read", "written", "filtered", "rejected", "unaccounted")} == {
             "read": 6, "written": 2, "filtered": 1, "rejected": 3, "unaccounted": 0}
         assert meta["filtered.response_code_not_1"] == 1
+        assert meta["classification.MALWARE"] == 2
+        assert f"{1:064x}" in meta["sample_rows"] and f"{2:064x}" in meta["sample_rows"]
+        assert "| rejected: torn_document | 1 |" in meta["where_records_went"]
+        assert "| MALWARE | 2 |" in meta["classification_mix"]
         assert meta["rejected.invalid_sha256"] == meta["rejected.undecodable_document"] == meta["rejected.torn_document"] == 1
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {"counts_reconcile": True, "valid_keys": True}
