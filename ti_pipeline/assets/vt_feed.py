@@ -13,11 +13,12 @@ from dagster import (
 )
 
 from ti_pipeline.accounting import Accounting
-from ti_pipeline.assets.common import Progress, accounting_metadata, reconcile_check
+from ti_pipeline.assets.common import Progress, accounting_metadata, bar_chart, reconcile_check, sample_table
 from ti_pipeline.partitions import vt_days
 from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.vt.export import DATASET, DaySummary, ExportOptions, PackagePool, export_day
 from ti_pipeline.vt.package import PackageResult
+from ti_pipeline.vt.summary import hourly_scans, sample_rows
 
 GROUP = "vt_feed"
 HEAVY_TAG = {"ti_pipeline/heavy": "vt_decompress"}
@@ -151,6 +152,8 @@ def vt_file_reports(
         "worker_peak_rss_mib": MetadataValue.float(round(max(s.worker_peak_rss_kib for s in summaries) / 1024, 1)),
         "export_uri": export.uri,
         "feed_uri": feed.uri,
+        f"kept_reports_by_scan_hour[{days[-1]}]": MetadataValue.md(bar_chart(hourly_scans(export, days[-1]), "UTC hour", 30)),
+        f"sample_rows[{days[-1]}]": MetadataValue.md(sample_table(sample_rows(export, days[-1]))),
     }
     yield MaterializeResult(metadata=accounting_metadata(total, extra))
     yield reconcile_check(total)

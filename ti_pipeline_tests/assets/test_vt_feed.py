@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from dagster import AssetCheckSeverity, AssetKey, BackfillPolicy, DagsterInstance, materialize
 
@@ -58,6 +59,10 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     assert meta["read"] == meta["written"] + meta["filtered"] + meta["rejected"]
     assert (meta["packages_found"], meta["packages_missing"], meta["packages_corrupt"]) == (4, 1436, 1)
     assert (meta["rejected.corrupt_package"], meta["rejected.malformed_json"], meta["filtered.not_found"]) == (1, 2, 1)
+    hourly = meta["kept_reports_by_scan_hour[2020-11-02]"]
+    assert sum(int(line.split("|")[2].replace(",", "")) for line in hourly.splitlines()[2:]) == manifest["rows"]
+    first = pq.read_table(tmp_path / "export" / manifest["parts"][0]["name"]).slice(0, 1).to_pylist()[0]
+    assert first["sha256"].hex() in meta["sample_rows[2020-11-02]"]
     assert meta["unaccounted"] == 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["counts_reconcile"].passed
