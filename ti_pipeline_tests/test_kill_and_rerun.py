@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,23 @@ def materialize(data_dir: Path, select: str, partition: str | None, failpoints: 
     with open(log, "ab") as out:  # not a pipe: workers orphaned by the kill would hold it open
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=True)
         proc.wait(timeout=600)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # reap workers orphaned by the kill
-    except ProcessLookupError:
-        pass
+    assert group_exits(proc.pid), "processes of the killed run outlived it (orphaned pool workers?)"
     # Killed, the step's process dies (the multiprocess executor's run process then fails the run).
     assert (proc.returncode != 0) == bool(failpoints), log.read_text()[-3000:]
     return proc.returncode
+
+
+def group_exits(pgid: int, within: float = 20.0) -> bool:
+    """Whether every process of the run's group is gone within ``within`` seconds (else kill them)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    return False
 
 
 def table_state(data_dir: Path) -> dict[str, list[tuple]]:

@@ -7,11 +7,10 @@ stays flat whatever the file's size, and results come back in file order (determ
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -19,6 +18,7 @@ import bson
 from bson.codec_options import CodecOptions
 
 from ti_pipeline.accounting import Accounting, QuarantineRecord
+from ti_pipeline.procpool import spawn_pool
 from ti_pipeline.sage.bson_stream import Block, Corrupt, document_offsets, iter_blocks
 from ti_pipeline.sage.rules import RULES, Filtered, Rejected
 
@@ -103,8 +103,7 @@ def process_stream(
             else:
                 yield transform_block(collection, source, item.offset, item.data)
         return
-    context = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded Dagster process
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with spawn_pool(workers) as pool:
         in_flight: deque[Future | BlockResult] = deque()
         for item in blocks:
             if isinstance(item, Block):

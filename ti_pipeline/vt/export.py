@@ -21,7 +21,6 @@ the input alone and a re-run writes byte-identical parts.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -44,6 +43,7 @@ from ti_pipeline.accounting import Accounting, QuarantineRecord
 from ti_pipeline.exports import VT_FILE_REPORTS, part_name, partition_prefix, success_name
 from ti_pipeline.failpoints import failpoint
 from ti_pipeline.objectstore import ObjectInfo, ObjectStore, open_store
+from ti_pipeline.procpool import spawn_pool
 from ti_pipeline.vt import records
 from ti_pipeline.vt.package import PackageResult, SourceError, read_package
 
@@ -147,7 +147,7 @@ class PackagePool:
 
     def __enter__(self) -> PackagePool:
         if self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = spawn_pool(self.workers)
         return self
 
     def __exit__(self, *exc) -> None:
