@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -32,6 +31,7 @@ import orjson
 from ti_pipeline import keys
 from ti_pipeline.broccoli.labels import map_label
 from ti_pipeline.broccoli.tokens import GoogleTokens, TokenProvider
+from ti_pipeline.http_retry import backoff_seconds, retry_after_seconds
 
 FOUND = "found"
 NOT_FOUND = "not_found"
@@ -76,28 +76,6 @@ class LookupStats:
 
     retried: int = 0
     retry_reasons: Counter[str] = field(default_factory=Counter)
-
-
-def backoff_delay(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
-    """Exponential backoff with equal jitter: between half and all of ``base * 2**retry`` (capped)."""
-    ceiling = min(policy.max_delay, policy.base_delay * (2**retry))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def parse_report(body: bytes) -> tuple[str | None, str | None]:
@@ -276,7 +254,7 @@ class BroccoliClient:
                 break
             self.stats.retried += 1
             self.stats.retry_reasons[reason] += 1
-            delay = backoff_delay(policy, attempt - 1, self.rng)
+            delay = backoff_seconds(attempt - 1, base=policy.base_delay, cap=policy.max_delay, rand=self.rng.random)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, policy.max_retry_after))
             await asyncio.sleep(delay)

@@ -8,11 +8,12 @@ the schedule itself can be tested without waiting.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+
+from ti_pipeline.http_retry import backoff_seconds
 
 DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
 
@@ -58,20 +59,6 @@ class RequestBudget:
             await self.sleep(wait)
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 def retry_delay(
     attempt: int,
     retry_after: float | None,
@@ -84,7 +71,7 @@ def retry_delay(
 
     The jitter spreads clients that were refused together, so they do not come back together.
     """
-    backoff = min(cap, base * 2**attempt) * (0.5 + rand() / 2)
+    backoff = backoff_seconds(attempt, base=base, cap=cap, rand=rand)
     if retry_after is None:
         return backoff
     return max(retry_after, backoff) + rand() * min(1.0, base)

@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ti_pipeline.malpedia.budget import RequestBudget, parse_retry_after, retry_delay
+from ti_pipeline.http_retry import retry_after_seconds
+from ti_pipeline.malpedia.budget import RequestBudget, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class MalpediaClient:
                             return json.loads(body)
                         except ValueError as exc:
                             raise MalpediaError(url, status, f"invalid JSON ({exc})") from None
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     if not _retryable(status):
                         raise MalpediaError(url, status, f"HTTP {status} {response.reason or ''}".strip())
                     failure = f"HTTP {status}"

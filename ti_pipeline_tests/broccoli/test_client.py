@@ -16,12 +16,11 @@ from ti_pipeline.broccoli.client import (
     REJECTED,
     BroccoliClient,
     RetryPolicy,
-    backoff_delay,
     parse_report,
-    retry_after_seconds,
 )
 from ti_pipeline.broccoli.pipeline import run_async
 from ti_pipeline.broccoli.tokens import GoogleTokens
+from ti_pipeline.http_retry import backoff_seconds, retry_after_seconds
 from ti_pipeline.keys import InvalidKey
 from ti_pipeline_tests.broccoli.conftest import FAST
 
@@ -234,7 +233,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped():
     rng = random.Random(7)
     for retry in range(10):
         ceiling = min(30.0, 0.25 * 2**retry)
-        delays = [backoff_delay(policy, retry, rng) for _ in range(50)]
+        delays = [backoff_seconds(retry, base=policy.base_delay, cap=policy.max_delay, rand=rng.random) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) == 50  # jittered
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ti_pipeline.malpedia.budget import DEFAULT_LIMITS, RequestBudget, parse_retry_after, retry_delay
+from ti_pipeline.http_retry import retry_after_seconds
+from ti_pipeline.malpedia.budget import DEFAULT_LIMITS, RequestBudget, retry_delay
 
 
 class FakeClock:
@@ -62,10 +63,10 @@ def test_limits_must_be_positive():
 
 
 def test_retry_after_as_seconds_or_http_date():
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
 
 
 def test_retry_delay_grows_with_attempts_and_never_undercuts_retry_after():
