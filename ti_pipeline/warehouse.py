@@ -46,6 +46,23 @@ def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]
         yield batch
 
 
+def merge_guard(table: sa.Table, new, rule: MergeRule):
+    """The condition under which ``new`` (the incoming row) may replace the stored row, or None."""
+    guard = None
+    if rule.newer_column:
+        stored = table.c[rule.newer_column]
+        guard = sa.or_(stored.is_(None), new[rule.newer_column] >= stored)
+    if rule.protected_source:
+        # Inlined, as pymysql's multi-row executemany cannot bind parameters after VALUES; the
+        # value is one of the schema's own source names, never input.
+        if rule.protected_source not in schema.SOURCES:
+            raise ValueError(f"not a source: {rule.protected_source!r}")
+        protected = sa.literal_column(f"'{rule.protected_source}'")
+        unprotected = table.c.source != protected if guard is None else sa.and_(table.c.source != protected, guard)
+        guard = sa.or_(new["source"] == protected, unprotected)
+    return guard
+
+
 def create_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -91,11 +108,11 @@ class Warehouse:
             sets = {c: new[c] for c in updatable}
             if has_updated_at:
                 sets["updated_at"] = sa.func.current_timestamp()
-            stmt = stmt.on_conflict_do_update(index_elements=pk, set_=sets, where=self._guard(table, new, rule))
+            stmt = stmt.on_conflict_do_update(index_elements=pk, set_=sets, where=merge_guard(table, new, rule))
         elif self.dialect in ("mysql", "mariadb"):
             stmt = mysql.insert(table)
             new = stmt.inserted
-            guard = self._guard(table, new, rule)
+            guard = merge_guard(table, new, rule)
             # MySQL applies assignments left to right and later ones see earlier results, so the
             # guard's own column is assigned last.
             ordered = sorted(updatable, key=lambda c: c == rule.newer_column)
@@ -108,22 +125,6 @@ class Warehouse:
             raise ValueError(f"unsupported warehouse dialect: {self.dialect}")
         self._statements[key] = stmt
         return stmt
-
-    @staticmethod
-    def _guard(table: sa.Table, new, rule: MergeRule):
-        guard = None
-        if rule.newer_column:
-            stored = table.c[rule.newer_column]
-            guard = sa.or_(stored.is_(None), new[rule.newer_column] >= stored)
-        if rule.protected_source:
-            # Inlined, as pymysql's multi-row executemany cannot bind parameters after VALUES; the
-            # value is one of the schema's own source names, never input.
-            if rule.protected_source not in schema.SOURCES:
-                raise ValueError(f"not a source: {rule.protected_source!r}")
-            protected = sa.literal_column(f"'{rule.protected_source}'")
-            unprotected = table.c.source != protected if guard is None else sa.and_(table.c.source != protected, guard)
-            guard = sa.or_(new["source"] == protected, unprotected)
-        return guard
 
     def upsert(self, table: sa.Table, rows: Iterable[dict], rule: MergeRule = MergeRule()) -> int:
         """Upsert rows in batches; returns how many rows were sent."""
@@ -167,14 +168,14 @@ class Warehouse:
                     work(conn)
                 return
             except sa.exc.OperationalError as exc:
-                if attempt == RETRIES or not _transient(exc):
+                if attempt == RETRIES or not is_transient(exc):
                     raise
                 delay = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
                 log.warning("warehouse write failed (%s), retry %d in %.1fs", exc.orig, attempt + 1, delay)
                 time.sleep(delay)
 
 
-def _transient(exc: sa.exc.OperationalError) -> bool:
+def is_transient(exc: sa.exc.OperationalError) -> bool:
     """Dropped or refused connections, deadlocks and lock waits: worth another try."""
     code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
     if isinstance(code, int):

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from ti_pipeline.accounting import QuarantineRecord
 from ti_pipeline.loaders.exports_reader import DayExport
 from ti_pipeline.objectstore import ObjectStore
-from ti_pipeline.warehouse import Warehouse, _transient
+from ti_pipeline.warehouse import Warehouse, is_transient
 
 RETRIES = 5
 LOADER_NAMES = ("sql", "lightning", "import_into")
@@ -103,7 +103,7 @@ def retrying(work: Callable[[], None], what: str, log: logging.Logger, figures: 
             work()
             return
         except sa.exc.OperationalError as exc:
-            if attempt == RETRIES or not _transient(exc):
+            if attempt == RETRIES or not is_transient(exc):
                 raise
             delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random())
             figures["retries"] += 1

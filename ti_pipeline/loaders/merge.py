@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
 from ti_pipeline import schema
-from ti_pipeline.warehouse import MergeRule, Warehouse
+from ti_pipeline.warehouse import MergeRule, merge_guard
 
 RULE = MergeRule(newer_column="scan_date")
 TOKEN_CLASSIFICATION = {"malware": "MALWARE", "ransomware": "RANSOMWARE", "whitelist": "INDIFFERENT"}
@@ -82,7 +82,7 @@ class MergePlan:
     def _assignments(new) -> list[tuple[str, sa.ColumnElement]]:
         """SET list in MySQL's left-to-right order: every guard reads scan_date, so it comes last."""
         t = TARGET.c
-        guard = Warehouse._guard(TARGET, new, RULE)
+        guard = merge_guard(TARGET, new, RULE)
         tokens = _lit("TOKENS")
         classification = sa.case(
             (new["source"] == tokens, new["classification"]),
