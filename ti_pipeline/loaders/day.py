@@ -96,8 +96,10 @@ def day_lock(warehouse: Warehouse, day: date) -> Iterator[None]:
     if not mysql_family(warehouse):
         yield
         return
-    name = f"ti_vt_load_{day:%Y%m%d}"
     with warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # Named locks are server-wide: the database's name keeps two warehouses on one server apart.
+        database = conn.execute(sa.text("SELECT DATABASE()")).scalar()
+        name = f"ti_vt_load:{database}:{day:%Y%m%d}"[:64]
         if conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() != 1:
             raise LoaderError(f"another run is loading {day} (named lock {name} is held); try again once it ends")
         try:

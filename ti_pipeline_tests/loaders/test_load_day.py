@@ -319,7 +319,8 @@ def test_a_day_already_being_loaded_is_refused(store, load, warehouse, warehouse
     write_two_days(store)
     other_run = sa.create_engine(warehouse_url)
     with other_run.connect() as conn:
-        assert conn.execute(sa.text("SELECT GET_LOCK('ti_vt_load_20240101', 0)")).scalar() == 1
+        name = f"ti_vt_load:{conn.execute(sa.text('SELECT DATABASE()')).scalar()}:20240101"
+        assert conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
         with pytest.raises(LoaderError, match="another run is loading 2024-01-01"):
             load(DAY_A)
         assert load(DAY_B).accounting.figures["inserted"] == 6  # other days are not held up
