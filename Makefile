@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TI_DATA_DIR ?= $(CURDIR)/.ti_data
-export DAGSTER_HOME ?= $(TI_DATA_DIR)/dagster_home
+DAGSTER_HOME ?= $(TI_DATA_DIR)/dagster_home
 PYTEST_ARGS ?=
 
 .PHONY: install demo dev test lint bench services clean
@@ -20,6 +20,9 @@ install: $(VENV)/.installed
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
+
+# The demo and the UI share one instance, so `make dev` shows the demo's runs.
+demo dev: export DAGSTER_HOME := $(DAGSTER_HOME)
 
 ## Sample data, every asset and partition into SQLite under .ti_data, then per-table counts.
 demo: install $(DAGSTER_HOME)/dagster.yaml

@@ -73,9 +73,10 @@ def warehouse(warehouse_url: str):
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch) -> Path:
-    """An empty TI_DATA_DIR with no other TI_* setting, so everything uses the embedded defaults."""
+    """An empty TI_DATA_DIR with no other TI_* setting (nor DAGSTER_HOME), so everything uses the
+    embedded defaults and an ephemeral Dagster instance."""
     for name in list(os.environ):
-        if name.startswith("TI_") and name != "TI_TEST_MYSQL_URL":
+        if (name.startswith("TI_") and name != "TI_TEST_MYSQL_URL") or name == "DAGSTER_HOME":
             monkeypatch.delenv(name)
     path = tmp_path / "ti_data"
     path.mkdir()
