@@ -88,3 +88,43 @@ def test_a_day_outside_the_partitions_is_skipped_not_requested(store, tick):
     result = tick(None)
     assert result.run_requests == []
     assert Mark.decode(result.cursor).name == success_name("vt_file_reports", "2019-06-01")
+
+
+def test_the_requested_run_loads_the_landed_day(data_dir):
+    """End to end: export a sample day, let the sensor see it, run what it requests, find the rows."""
+    import sqlalchemy as sa
+    from dagster import AssetKey, materialize
+
+    from ti_pipeline import settings
+    from ti_pipeline.definitions import build_resources, defs
+    from ti_pipeline.objectstore import open_store
+    from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
+    from ti_pipeline.sample_data.vt import write_vt_feed
+
+    write_vt_feed(open_store(settings.resolve("TI_VT_FEED_URI")))
+    write_broccoli_objects(open_store(settings.resolve("TI_BROCCOLI_URI")), sample_vt_sha1s())
+    assets = {k: a for a in defs.assets for k in a.keys}
+    instance = DagsterInstance.ephemeral()
+    resources = build_resources()
+    one_process = {"vt_file_reports": {"config": {"workers": 1}}}
+    export_run = materialize([assets[AssetKey("vt_file_reports")]], partition_key="2020-11-02",
+                             instance=instance, resources=resources, run_config={"ops": one_process})
+    assert export_run.success
+
+    context = build_sensor_context(instance=instance, resources={"export_store": resources["export_store"]})
+    [request] = vt_parquet_landed(context).run_requests
+    assert request.partition_key == "2020-11-02"
+    job = defs.resolve_job_def(vt_parquet_landed.job_name)
+    selected = [AssetKey("broccoli_classifications"), AssetKey(["vt_feed", "ioc_file_hashes"])]
+    assert set(job.asset_layer.executable_asset_keys) == set(selected)
+    load_run = materialize([assets[k] for k in selected], partition_key=request.partition_key, instance=instance,
+                           resources=resources, tags=request.tags, run_config=request.run_config or None)
+    assert load_run.success
+
+    manifest = json.loads((data_dir / "export" / "vt_file_reports" / "date=2020-11-02" / "_SUCCESS").read_text())
+    engine = sa.create_engine(settings.resolve("TI_WAREHOUSE_URL"))
+    with engine.connect() as conn:
+        loaded = conn.execute(sa.text("SELECT COUNT(*) FROM ioc_file_hashes WHERE source = 'VIRUS_TOTAL'")).scalar_one()
+    engine.dispose()
+    assert loaded == manifest["rows"] > 0
+    instance.dispose()
