@@ -4,7 +4,8 @@ and the warehouse rows and the export partition are there.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium chromium-driver``);
 skipped without them unless ``CI`` is set. Screenshots of the asset graph and of a materialization's
-metadata go to ``$TI_UI_SCREENSHOTS`` (``make``-less: ``TI_UI_SCREENSHOTS=docs/images``) or the test's tmp dir.
+metadata go to the test's tmp dir, or to ``$TI_UI_SCREENSHOTS`` (``TI_UI_SCREENSHOTS=docs/images`` refreshes
+the README's pictures; by default a test run leaves the checkout untouched).
 """
 
 import contextlib
