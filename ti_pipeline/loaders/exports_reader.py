@@ -48,6 +48,11 @@ class DayExport:
     def yyyymmdd(self) -> str:
         return self.day.strftime("%Y%m%d")
 
+    @property
+    def total_rows(self) -> int:
+        """The manifest's row count, else the sum of its parts' counts."""
+        return self.rows if self.rows is not None else sum(p.rows or 0 for p in self.parts)
+
 
 def parse_manifest(raw: bytes, dataset: str, day: date | str) -> tuple[tuple[ExportPart, ...], int | None]:
     """The listed parts and total rows of a manifest; a bare part name is taken as inside the partition."""

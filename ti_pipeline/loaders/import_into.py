@@ -94,7 +94,7 @@ class ImportIntoStager:
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings
-        result = StageResult(read=request.reports.rows if request.reports.rows is not None else sum(p.rows or 0 for p in request.reports.parts))
+        result = StageResult(read=request.reports.total_rows)
         target = tidb_target(request.warehouse.engine.url, settings)
         with request.warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
 

@@ -111,7 +111,7 @@ class LightningStager:
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings
-        result = StageResult(read=request.reports.rows if request.reports.rows is not None else sum(p.rows or 0 for p in request.reports.parts))
+        result = StageResult(read=request.reports.total_rows)
         root = Path(settings.work_dir) if settings.work_dir else None
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
