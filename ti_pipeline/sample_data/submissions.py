@@ -1,8 +1,10 @@
 """A sample submissions lake: a key pair and one submission per case the archive must handle.
 
-Every parser (CSV, STIX 2.1, MISP), a later CSV that changes an earlier action (latest wins), an
-unknown typetag (NOT_SUPPORTED), a tampered blob, a blob encrypted for another key and a deeply nested
-payload (ERROR), and a resubmission of the MISP event in another order (recognised as duplicate).
+Every parser (CSV; STIX 2.1 with patterns as organisations write them, some of which a list of values
+cannot express; MISP with attributes not meant for detection), a later CSV that changes an earlier
+action (latest wins), an unknown typetag (NOT_SUPPORTED), a tampered blob, a blob encrypted for another
+key and a deeply nested payload (ERROR), and a resubmission of the MISP event in another order
+(recognised as duplicate).
 The same seed and key always write the same bytes.
 """
 
@@ -41,30 +43,60 @@ ip,8.8.8.8,block,resolver abused
 domain,new-c2.example,block,
 """
 
+# Indicators as organisations write them: hashes and a C2 name in one pattern, a URL, an IPv6 allow;
+# a correlation (AND), a beaconing rule (qualifier) and an expired indicator stay out of customer_ioc.
 GLOBEX_STIX = {
     "type": "bundle",
     "id": "bundle--8f2c2f3e-0c5d-4a43-9b8e-3f0f3c1f2a10",
     "objects": [
-        {"type": "identity", "id": "identity--1", "name": "Globex SOC", "identity_class": "organization"},
+        {"type": "identity", "spec_version": "2.1", "id": "identity--5c3a1b4e-2f0d-4d8e-9a71-0b6c2e4f8a10",
+         "created": "2026-10-30T08:00:00.000Z", "modified": "2026-10-30T08:00:00.000Z",
+         "name": "Globex SOC", "identity_class": "organization"},
         {
             "type": "indicator",
-            "id": "indicator--1",
-            "name": "Loader hashes",
-            "pattern_type": "stix",
-            "pattern": f"[file:hashes.'SHA-256' = '{SHA256_B}' OR file:hashes.MD5 = '{MD5_A}']",
+            "spec_version": "2.1",
+            "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c01",
+            "created": "2026-10-31T14:02:11.000Z",
+            "modified": "2026-10-31T14:02:11.000Z",
+            "name": "GlobexLoader dropper and C2",
             "indicator_types": ["malicious-activity"],
+            "pattern_type": "stix",
+            "pattern_version": "2.1",
+            "pattern": f"[file:hashes.'SHA-256' = '{SHA256_B}'] OR "
+                       "[domain-name:value = 'Login-Globex.example']",
+            "valid_from": "2026-10-31T14:02:11Z",
         },
-        {"type": "indicator", "id": "indicator--2", "name": "Phishing domain",
-         "pattern": "[domain-name:value = 'Login-Globex.example']", "pattern_type": "stix"},
-        {"type": "indicator", "id": "indicator--3", "name": "C2 v4", "pattern": "[ipv4-addr:value = '192.0.2.44']"},
-        {"type": "indicator", "id": "indicator--4", "name": "Partner VPN", "indicator_types": ["benign"],
-         "pattern": "[ipv6-addr:value = '2001:DB8:0:0::1']"},
-        {"type": "indicator", "id": "indicator--5", "name": "Old", "revoked": True,
-         "pattern": "[domain-name:value = 'old.example']"},
-        {"type": "indicator", "id": "indicator--6", "name": "Combined",
-         "pattern": "[domain-name:value = 'a.example' AND ipv4-addr:value = '192.0.2.1']"},
-        {"type": "indicator", "id": "indicator--7", "name": "URL", "pattern": "[url:value = 'http://x.example/a']"},
-        {"type": "malware", "id": "malware--1", "name": "GlobexLoader", "is_family": True},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c02",
+         "name": "Loader hashes", "pattern_type": "stix",
+         "pattern": f"[file:hashes.MD5 = '{MD5_A}' OR file:hashes.'SHA-1' = '{SHA1_A}']",
+         "valid_from": "2026-10-31T14:02:11Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c03",
+         "name": "C2 v4", "pattern_type": "stix", "pattern": "[ipv4-addr:value = '192.0.2.44']",
+         "valid_from": "2026-10-31T14:02:11Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c04",
+         "name": "Partner VPN", "indicator_types": ["benign"], "pattern_type": "stix",
+         "pattern": "[ipv6-addr:value = '2001:DB8:0:0::1']", "valid_from": "2026-01-01T00:00:00Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c05",
+         "name": "Old", "revoked": True, "pattern_type": "stix",
+         "pattern": "[domain-name:value = 'old.example']",
+         "valid_from": "2025-01-01T00:00:00Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c06",
+         "name": "Loader beacon to its C2 port", "pattern_type": "stix",
+         "pattern": "[network-traffic:dst_ref.value = '198.51.100.9' AND network-traffic:dst_port = 8443]",
+         "valid_from": "2026-10-31T14:02:11Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c07",
+         "name": "Second stage download", "pattern_type": "stix",
+         "pattern": "[url:value = 'http://Update.Globex-Loader.example/Payload.bin']",
+         "valid_from": "2026-10-31T14:02:11Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c08",
+         "name": "Beaconing", "pattern_type": "stix",
+         "pattern": "[domain-name:value = 'beacon.globex-loader.example'] REPEATS 5 TIMES WITHIN 600 SECONDS",
+         "valid_from": "2026-10-31T14:02:11Z"},
+        {"type": "indicator", "spec_version": "2.1", "id": "indicator--0f6a3c8e-7a41-4b2e-9d55-3e8c1a2b4c09",
+         "name": "Spring campaign C2", "pattern_type": "stix", "pattern": "[ipv4-addr:value = '192.0.2.99']",
+         "valid_from": "2026-03-01T00:00:00Z", "valid_until": "2026-06-30T00:00:00Z"},
+        {"type": "malware", "spec_version": "2.1", "id": "malware--6d2e4a1c-3b5f-4e7a-8c9d-1f2a3b4c5d6e",
+         "name": "GlobexLoader", "is_family": True},
     ],
 }
 
@@ -73,15 +105,18 @@ INITECH_MISP = {
         "info": "Initech incident 42",
         "Tag": [{"name": "tlp:amber"}],
         "Attribute": [
-            {"type": "md5", "value": MD5_A.upper(), "comment": "dropper"},
-            {"type": "sha1", "value": SHA1_A},
-            {"type": "sha256", "value": SHA256_B},
-            {"type": "domain", "value": "exfil.initech.example"},
-            {"type": "hostname", "value": "mail.initech.example", "Tag": [{"name": "allowlist"}]},
-            {"type": "ip-src", "value": "198.51.100.23"},
-            {"type": "ip-dst", "value": "999.1.1.1"},
-            {"type": "url", "value": "http://exfil.initech.example/upload"},
+            {"type": "md5", "value": MD5_A.upper(), "comment": "dropper", "to_ids": True},
+            {"type": "sha1", "value": SHA1_A, "to_ids": True},
+            {"type": "sha256", "value": SHA256_B, "to_ids": True},
+            {"type": "domain", "value": "exfil.initech.example", "to_ids": True},
+            {"type": "hostname", "value": "mail.initech.example", "to_ids": False,
+             "Tag": [{"name": "allowlist"}]},
+            {"type": "ip-src", "value": "198.51.100.23", "to_ids": True},
+            {"type": "ip-dst", "value": "999.1.1.1", "to_ids": True},
+            {"type": "url", "value": "http://exfil.initech.example/upload", "to_ids": True},
             {"type": "domain", "value": "gone.example", "deleted": True},
+            {"type": "domain", "value": "cdn.initech-partner.example", "comment": "seen, benign",
+             "to_ids": False},
         ],
         "Object": [
             {"name": "file", "Attribute": [{"type": "sha256", "value": "0" * 64, "comment": "zero hash"}]},

@@ -4,7 +4,7 @@ Each parser has two steps: ``load`` turns the payload text into data (the value 
 computed on; a payload it cannot read raises MalformedPayload and fails the whole submission) and
 ``records`` yields one record per candidate value: an IocRow, or a RowRejected with its reason, or a
 RowFiltered with the rule that set it aside. Values are normalised here (lower-case hex, IDNA
-domains, canonical IPs); a bad value rejects that record only.
+domains, canonical IPs, URLs with lower-case scheme and host); a bad value rejects that record only.
 """
 
 from __future__ import annotations
@@ -12,17 +12,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
-from ti_pipeline import keys
+from antlr4 import ParserRuleContext, TerminalNode
+from stix2patterns.exceptions import ParseException
+from stix2patterns.v21.grammars.STIXPatternParser import STIXPatternParser as Grammar
+from stix2patterns.v21.grammars.STIXPatternVisitor import STIXPatternVisitor
+from stix2patterns.v21.pattern import Pattern
+
+from ti_pipeline import keys, schema
 from ti_pipeline.submissions.identity import MAX_DEPTH, TooDeep, depth
 
-IOC_TYPES = ("md5", "sha1", "sha256", "domain", "ip")
+IOC_TYPES = ("md5", "sha1", "sha256", "domain", "ip", "url")
 ACTIONS = ("BLOCK", "ALLOW")
-# A raw value longer than this is not worth normalising (the longest valid one, a domain, is 253).
+# A raw value longer than this is not worth normalising.
 MAX_RAW_VALUE_CHARS = 1024
+# A normalised value must fit the customer_ioc key column (a long URL may not).
+MAX_VALUE_CHARS = schema.customer_ioc.c.value.type.length
 MAX_COMMENT_CHARS = 4096
 
 
@@ -74,6 +83,7 @@ _TYPE_ALIASES = {
     "ipv6": "ip",
     "ip-src": "ip",
     "ip-dst": "ip",
+    "url": "url",
 }
 
 
@@ -87,11 +97,43 @@ def normalise_value(ioc_type: str, value: object) -> str | RowRejected:
         normalised = keys.normalise_hex(value, ioc_type)
     elif ioc_type == "domain":
         normalised = keys.normalise_domain(value)
+    elif ioc_type == "url":
+        normalised = normalise_url(value)
     else:
         if "/" in value:
             return RowRejected("ip value is a CIDR range, not a single address")
         normalised = keys.normalise_ip(value)
-    return normalised if normalised is not None else RowRejected(f"invalid {ioc_type} value")
+    if normalised is None:
+        return RowRejected(f"invalid {ioc_type} value")
+    return normalised if len(normalised) <= MAX_VALUE_CHARS else RowRejected("value_too_long")
+
+
+def normalise_url(value: str) -> str | None:
+    """``scheme://host...`` with scheme and host in lower case, or None without both.
+
+    Conservative: the host goes through the domain (IDNA) or IP normaliser and the port becomes a
+    number; user info, path, query and fragment stay as written, since they may be case-sensitive.
+    """
+    text = value.strip()
+    if any(char.isspace() or not char.isprintable() for char in text):
+        return None
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:  # an unbalanced [ in the host, a port out of range
+        return None
+    if not (parts.scheme and parts.hostname and text[len(parts.scheme) :].startswith(f"://{parts.netloc}")):
+        return None
+    address = keys.normalise_ip(parts.hostname)
+    if address is not None:
+        host = f"[{address}]" if ":" in address else address
+    else:
+        host = keys.normalise_domain(parts.hostname)
+        if host is None:
+            return None
+    user_info, at, _host_and_port = parts.netloc.rpartition("@")
+    rest = text[len(parts.scheme) + 3 + len(parts.netloc) :]
+    return f"{parts.scheme}://{user_info}{at}{host}{'' if port is None else f':{port}'}{rest}"
 
 
 def make_row(ioc_type: str, value: object, action: object, comment: object) -> Record:
@@ -162,11 +204,31 @@ def ioc_csv_records(data: object) -> Iterator[Record]:
         yield make_row(ioc_type, row["value"], row.get("action"), row.get("comment"))
 
 
-# ---- stix2_bundle: STIX 2.1 indicators whose pattern compares file hashes, domain names or IPs.
+# ---- stix2_bundle: STIX 2.1 indicators whose pattern is a list of values (equalities joined by OR).
 
-_COMPARISON = re.compile(r"([a-z0-9-]+):([A-Za-z0-9_.'-]+)\s*=\s*'((?:[^'\\]|\\.)*)'")
-_PATTERN_GLUE = re.compile(r"[\s\[\]()]*(?:OR[\s\[\]()]*)*")
 _STIX_HASHES = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256"}
+_STIX_VALUE_OBJECTS = {"domain-name": "domain", "ipv4-addr": "ip", "ipv6-addr": "ip", "url": "url"}
+# Observation expressions whose qualifier constrains when or how often values are seen.
+_STIX_QUALIFIED = {
+    Grammar.ObservationExpressionWithinContext: "WITHIN",
+    Grammar.ObservationExpressionRepeatedContext: "REPEATS",
+    Grammar.ObservationExpressionStartStopContext: "START/STOP",
+}
+_STIX_SET_PUNCTUATION = (Grammar.LPAREN, Grammar.RPAREN, Grammar.COMMA)
+# A reason is an accounting key and quarantine text: a path named in one is cut to this length.
+MAX_STIX_PATH_IN_REASON = 64
+
+
+class UnsupportedPattern(Exception):
+    """A valid pattern that a list of values cannot express exactly; the message names the construct."""
+
+
+class _ParseTreeRoot(STIXPatternVisitor):
+    """Hands back the root of a parsed pattern: the walk below is iterative, as chains of OR nest as
+    deep as they are long (a thousand hashes would exhaust the stack of a recursive visitor)."""
+
+    def visitPattern(self, ctx: Grammar.PatternContext) -> Grammar.PatternContext:
+        return ctx
 
 
 def load_stix2_bundle(text: str) -> dict:
@@ -176,49 +238,155 @@ def load_stix2_bundle(text: str) -> dict:
     return data
 
 
-def _stix_path_type(object_type: str, path: str) -> str | None:
-    if object_type == "file" and path.startswith("hashes."):
-        return _STIX_HASHES.get(path[len("hashes.") :].strip("'").upper().replace("-", ""))
-    if path != "value":
+def _tokens(ctx: ParserRuleContext) -> list[TerminalNode]:
+    """The tokens under ``ctx`` in pattern order, without recursion (long sets nest deep)."""
+    found, stack = [], [ctx]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, TerminalNode):
+            found.append(node)
+        else:
+            stack.extend(reversed(list(node.getChildren())))
+    return found
+
+
+def _string_literal(text: str) -> str:
+    """The value of a quoted STIX string literal, whose only escapes are \\' and \\\\."""
+    chars = iter(text[1:-1])
+    return "".join(next(chars, "") if char == "\\" else char for char in chars)
+
+
+def _stix_path_ioc_type(path: Grammar.ObjectPathContext) -> str:
+    """The ioc type an object path holds, for a hash of a file or the value of a name, address or URL."""
+    tokens = _tokens(path)  # object type, ':', first property, then '.' key or '[' index ']' steps
+    object_type = tokens[0].getText()
+    steps = [
+        _string_literal(t.getText()) if t.symbol.type == Grammar.StringLiteral else t.getText() for t in tokens[2:]
+    ]
+    if object_type == "file" and len(steps) == 3 and steps[:2] == ["hashes", "."]:
+        ioc_type = _STIX_HASHES.get(steps[2].upper().replace("-", ""))
+    else:
+        ioc_type = _STIX_VALUE_OBJECTS.get(object_type) if steps == ["value"] else None
+    if ioc_type is None:
+        shown = "".join(t.getText() for t in tokens)
+        if len(shown) > MAX_STIX_PATH_IN_REASON:
+            shown = shown[: MAX_STIX_PATH_IN_REASON - 3] + "..."
+        raise UnsupportedPattern(f"path {shown}")
+    return ioc_type
+
+
+def _comparison_values(test: Grammar.PropTestContext) -> list[tuple[str, str]]:
+    """(ioc type, value) of one comparison: ``path = 'v'`` gives one, ``path IN ('v', 'w')`` one per item."""
+    operator = " ".join(
+        child.getText()
+        for child in test.getChildren()
+        if isinstance(child, TerminalNode) and child.symbol.type != Grammar.StringLiteral
+    )
+    if operator not in ("=", "IN"):  # !=, NOT =, >, LIKE, MATCHES, ISSUBSET, EXISTS, ...
+        raise UnsupportedPattern(operator)
+    ioc_type = _stix_path_ioc_type(test.objectPath())
+    literal = test.primitiveLiteral() if operator == "=" else test.setLiteral()
+    items = [t for t in _tokens(literal) if t.symbol.type not in _STIX_SET_PUNCTUATION]
+    if not items:
+        raise UnsupportedPattern("empty IN ()")
+    if any(t.symbol.type != Grammar.StringLiteral for t in items):
+        raise UnsupportedPattern("value that is not a string")
+    return [(ioc_type, _string_literal(t.getText())) for t in items]
+
+
+def stix_pattern_values(pattern: str) -> list[tuple[str, str]]:
+    """(ioc type, value) of every comparison of a pattern that matches exactly when one of them does.
+
+    That is equalities (or IN) on supported paths, joined by OR within and across observations. Raises
+    ParseException for an invalid pattern, UnsupportedPattern naming the first construct (outermost,
+    then left to right) that a list of values would misrepresent: AND, FOLLOWEDBY, a qualifier, another
+    operator or another path.
+    """
+    values: list[tuple[str, str]] = []
+    stack: list[ParserRuleContext] = [Pattern(pattern).visit(_ParseTreeRoot())]
+    while stack:
+        node = stack.pop()
+        if type(node) in _STIX_QUALIFIED:
+            raise UnsupportedPattern(f"qualifier {_STIX_QUALIFIED[type(node)]}")
+        if isinstance(node, Grammar.PropTestContext) and not isinstance(node, Grammar.PropTestParenContext):
+            values.extend(_comparison_values(node))
+            continue
+        children = list(node.getChildren())
+        for child in children:
+            if isinstance(child, TerminalNode) and child.symbol.type in (Grammar.AND, Grammar.FOLLOWEDBY):
+                raise UnsupportedPattern(child.getText())
+        # What is left: OR, [ ], ( ) and the end of input, whose operands are walked in turn.
+        stack.extend(reversed([child for child in children if not isinstance(child, TerminalNode)]))
+    return values
+
+
+def _stix_timestamp(value: object) -> datetime | None:
+    """A STIX timestamp as an aware datetime (UTC when it names no zone), or None if it is not one."""
+    if not isinstance(value, str):
         return None
-    return {"domain-name": "domain", "ipv4-addr": "ip", "ipv6-addr": "ip"}.get(object_type)
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def stix2_records(data: object) -> Iterator[Record]:
+def _indicator_records(indicator: dict, now: datetime) -> Iterator[Record]:
+    pattern = indicator.get("pattern")
+    if indicator.get("pattern_type", "stix") != "stix" or not isinstance(pattern, str):
+        yield RowRejected("indicator has no STIX pattern")
+        return
+    if "valid_until" in indicator:
+        valid_until = _stix_timestamp(indicator["valid_until"])
+        if valid_until is None:
+            yield RowRejected("indicator valid_until is not a timestamp")
+            return
+        if valid_until <= now:
+            yield RowFiltered("stix_expired")
+            return
+    try:
+        values = stix_pattern_values(pattern)
+    except ParseException:  # its message quotes the pattern: the reason must not
+        yield RowRejected("STIX pattern syntax error")
+        return
+    except UnsupportedPattern as exc:
+        yield RowRejected(f"unsupported STIX pattern: {exc}")
+        return
+    except RecursionError:  # parentheses nested hundreds deep
+        yield RowRejected("STIX pattern nests too deeply")
+        return
+    types = indicator.get("indicator_types")
+    action = "ALLOW" if isinstance(types, list) and "benign" in types else "BLOCK"
+    name = indicator.get("name")
+    comment = name if isinstance(name, str) else indicator.get("description")
+    for ioc_type, value in values:
+        yield make_row(ioc_type, value, action, comment)
+
+
+def stix2_records(data: object, now: datetime | None = None) -> Iterator[Record]:
+    """Records of every object: rows of indicators, the rest filtered or rejected by name.
+
+    ``now`` (aware) decides which indicators have expired; a run takes the clock, tests fix it.
+    """
     assert isinstance(data, dict)
+    now = now or datetime.now(UTC)
     for obj in data["objects"]:
         if not isinstance(obj, dict):
             yield RowRejected("STIX object is not a JSON object")
-            continue
-        if obj.get("type") != "indicator":
+        elif obj.get("type") != "indicator":
             yield RowFiltered("stix_not_indicator")
-            continue
-        if obj.get("revoked") is True:
+        elif obj.get("revoked") is True:
             yield RowFiltered("stix_revoked")
-            continue
-        pattern = obj.get("pattern")
-        if obj.get("pattern_type", "stix") != "stix" or not isinstance(pattern, str):
-            yield RowRejected("indicator has no STIX pattern")
-            continue
-        comparisons = _COMPARISON.findall(pattern)
-        if not comparisons or not _PATTERN_GLUE.fullmatch(_COMPARISON.sub("", pattern)):
-            yield RowRejected("unsupported STIX pattern (only = comparisons joined by OR)")
-            continue
-        types = obj.get("indicator_types")
-        action = "ALLOW" if isinstance(types, list) and "benign" in types else "BLOCK"
-        comment = obj.get("name") if isinstance(obj.get("name"), str) else obj.get("description")
-        for object_type, path, literal in comparisons:
-            ioc_type = _stix_path_type(object_type, path)
-            if ioc_type is None:
-                yield RowRejected("unsupported STIX object path")
-                continue
-            yield make_row(ioc_type, literal.replace("\\'", "'").replace("\\\\", "\\"), action, comment)
+        else:
+            yield from _indicator_records(obj, now)
 
 
 # ---- misp_event: attributes of a MISP event (and of its objects) of the supported types.
 
-_MISP_TYPES = {"md5", "sha1", "sha256", "domain", "hostname", "ip-src", "ip-dst"}
+_MISP_TYPES = {"md5", "sha1", "sha256", "domain", "hostname", "ip-src", "ip-dst", "url"}
 ALLOW_TAG = "allowlist"
+# to_ids as MISP exports write it: JSON true/false, 1/0, "1"/"0" or "true"/"false" (by their text).
+_MISP_TO_IDS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def load_misp_event(text: str) -> dict:
@@ -246,6 +414,11 @@ def _misp_attributes(event: dict) -> Iterator[object]:
             yield RowRejected("MISP object without an Attribute list")
 
 
+def _misp_to_ids(value: object) -> bool | None:
+    """Whether an attribute is meant for detection (MISP's to_ids), or None when it does not say."""
+    return _MISP_TO_IDS.get(str(value).strip().lower()) if isinstance(value, bool | int | str) else None
+
+
 def misp_records(data: object) -> Iterator[Record]:
     assert isinstance(data, dict)
     event = data["Event"]
@@ -265,7 +438,15 @@ def misp_records(data: object) -> Iterator[Record]:
         if misp_type not in _MISP_TYPES:
             yield RowFiltered("misp_unsupported_type")
             continue
-        action = "ALLOW" if event_allows or _tagged_allow(attribute) else "BLOCK"
+        allowed = event_allows or _tagged_allow(attribute)
+        to_ids = _misp_to_ids(attribute.get("to_ids", True))
+        if to_ids is None:
+            yield RowRejected("MISP to_ids is neither true nor false")
+            continue
+        if not to_ids and not allowed:  # context, not meant for detection: block nothing on it
+            yield RowFiltered("misp_not_to_ids")
+            continue
+        action = "ALLOW" if allowed else "BLOCK"
         comment = attribute.get("comment") or info
         yield make_row(_TYPE_ALIASES[misp_type], attribute.get("value"), action, comment)
 

@@ -24,8 +24,8 @@ from ti_pipeline_tests.submissions.keyring import archive_key, secret_fragments
 # (org, typetag, state, reason prefix, skip, rows_written) of the sample lake, oldest first.
 SAMPLE_LEDGER = [
     ("acme", "ioc_csv", "SUCCESS", None, False, 6),
-    ("globex", "stix2_bundle", "SUCCESS", None, False, 5),
-    ("initech", "misp_event", "SUCCESS", None, False, 7),
+    ("globex", "stix2_bundle", "SUCCESS", None, False, 7),
+    ("initech", "misp_event", "SUCCESS", None, False, 8),
     ("acme", "ioc_csv", "SUCCESS", None, False, 2),
     ("umbrella", "openioc_xml", "NOT_SUPPORTED", "no parser for typetag 'openioc_xml'", True, 0),
     ("acme", "ioc_csv", "ERROR", "payload authentication failed (tampered or truncated blob)", True, 0),
@@ -119,10 +119,10 @@ def test_sample_lake_states_rows_rerun_and_force(sample_lake, warehouse_url: str
     result = run_asset(lake_uri, key_file, warehouse_url)
     assert matches(ledger(warehouse_url), SAMPLE_LEDGER), ledger(warehouse_url)
     assert ioc_rows(warehouse_url, "acme") == ACME_ROWS
-    assert len(ioc_rows(warehouse_url)) == 19
+    assert len(ioc_rows(warehouse_url)) == 22
     meta = metadata(result)
     assert {k: meta[k] for k in ("read", "written", "filtered", "rejected", "unaccounted")} == {
-        "read": 32, "written": 20, "filtered": 6, "rejected": 6, "unaccounted": 0}
+        "read": 36, "written": 23, "filtered": 7, "rejected": 6, "unaccounted": 0}
     assert {k: meta[f"submissions.{k}"] for k in ("read", "SUCCESS", "NOT_SUPPORTED", "ERROR", "duplicates")} == {
         "read": 9, "SUCCESS": 5, "NOT_SUPPORTED": 1, "ERROR": 3, "duplicates": 1}
     assert all(c.passed for c in result.get_asset_check_evaluations())
@@ -366,4 +366,4 @@ def test_run_killed_before_a_ledger_entry_redoes_that_submission(sample_lake, sq
     resumed = metadata(run_asset(lake_uri, key_file, sqlite_url))
     assert (resumed["submissions.read"], resumed["submissions.already_in_ledger"]) == (7, 2)
     assert matches(ledger(sqlite_url), SAMPLE_LEDGER)
-    assert ioc_rows(sqlite_url, "acme") == ACME_ROWS and len(ioc_rows(sqlite_url)) == 19
+    assert ioc_rows(sqlite_url, "acme") == ACME_ROWS and len(ioc_rows(sqlite_url)) == 22

@@ -1,11 +1,14 @@
+import dataclasses
+import functools
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
 from ti_pipeline.submissions import crypto
 from ti_pipeline.submissions.lake import SubmissionMeta
+from ti_pipeline.submissions.parsers import PARSERS, stix2_records
 from ti_pipeline.submissions.process import (
     ERROR,
     NOT_SUPPORTED,
@@ -18,6 +21,7 @@ from ti_pipeline.submissions.process import (
 from ti_pipeline_tests.submissions.keyring import archive_key, other_key
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 WHEN = datetime(2026, 11, 1, 8, 0)
 
 
@@ -49,6 +53,59 @@ def test_success_rows_accounting_and_quarantine_without_payload():
     entry = ledger_entry(outcome, WHEN)
     assert entry["state"] == SUCCESS and entry["rows_written"] == 1 and entry["skip"] is False
     assert len(entry["identity_hash"]) == 64
+
+
+def test_stix_bundle_lands_what_a_value_list_expresses_and_sets_aside_the_rest():
+    bundle = {"type": "bundle", "objects": [
+        {"type": "indicator", "name": "loader",
+         "pattern": f"[file:hashes.'SHA-256' = '{SHA256}'] OR [domain-name:value = 'C2.Example']"},
+        {"type": "indicator", "pattern": "[domain-name:value = 'a.example' AND ipv4-addr:value = '192.0.2.1']"},
+        {"type": "indicator", "pattern": "[url:value = 'http://Drop.Example/Stage2.bin']"},
+        {"type": "indicator", "pattern": "[domain-name:value = 'beacon.example'] WITHIN 60 SECONDS"},
+        {"type": "indicator", "pattern": "[process:name = 'evil.exe']"},
+        {"type": "indicator", "pattern": "[domain-name:value = 'old.example']", "valid_until": "2026-10-31T00:00:00Z"},
+        {"type": "indicator", "pattern": "[domain-name:value = 'c2.example'"},
+        {"type": "indicator", "pattern": "[ipv6-addr:value = '2001:DB8::7']", "valid_until": "2026-11-30T00:00:00Z"},
+        {"type": "malware", "name": "Loader"},
+    ]}
+    fixed_clock = {"stix2_bundle": dataclasses.replace(
+        PARSERS["stix2_bundle"], records=functools.partial(stix2_records, now=datetime(2026, 11, 1, 9, tzinfo=UTC)))}
+    outcome = run(json.dumps(bundle).encode(), typetag="stix2_bundle", parsers=fixed_clock)
+    assert (outcome.state, outcome.reason) == (SUCCESS, None)
+    assert [(r["ioc_type"], r["value"], r["action"], r["comment"]) for r in outcome.rows] == [
+        ("sha256", SHA256, "BLOCK", "loader"),
+        ("domain", "c2.example", "BLOCK", "loader"),
+        ("url", "http://drop.example/Stage2.bin", "BLOCK", None),
+        ("ip", "2001:db8::7", "BLOCK", None),
+    ]
+    acc = outcome.accounting
+    assert (acc.read, acc.written, dict(acc.filtered), dict(acc.rejected)) == (
+        10, 4, {"stix_expired": 1, "stix_not_indicator": 1}, {
+            "unsupported STIX pattern: AND": 1,
+            "unsupported STIX pattern: qualifier WITHIN": 1,
+            "unsupported STIX pattern: path process:name": 1,
+            "STIX pattern syntax error": 1,
+        })
+    assert [(q.reason, q.offset) for q in outcome.quarantine] == [
+        ("unsupported STIX pattern: AND", 2),
+        ("unsupported STIX pattern: qualifier WITHIN", 4),
+        ("unsupported STIX pattern: path process:name", 5),
+        ("STIX pattern syntax error", 7),
+    ]
+
+
+def test_misp_attribute_not_to_ids_is_filtered_and_the_rest_lands():
+    event = {"Event": {"info": "i", "Attribute": [
+        {"type": "md5", "value": MD5, "to_ids": True},
+        {"type": "domain", "value": "cdn.partner.example", "to_ids": False},
+        {"type": "url", "value": "http://exfil.example/up", "to_ids": "1"},
+        {"type": "ip-dst", "value": "192.0.2.5", "to_ids": "0"},
+    ]}}
+    outcome = run(json.dumps(event).encode(), typetag="misp_event")
+    assert [(r["ioc_type"], r["value"], r["action"]) for r in outcome.rows] == [
+        ("md5", MD5, "BLOCK"), ("url", "http://exfil.example/up", "BLOCK")]
+    acc = outcome.accounting
+    assert (acc.read, acc.written, dict(acc.filtered), dict(acc.rejected)) == (4, 2, {"misp_not_to_ids": 2}, {})
 
 
 def test_not_supported_names_the_typetag():
