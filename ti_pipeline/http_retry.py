@@ -1,4 +1,6 @@
-"""Retry timing shared by the HTTP clients (Broccoli, Malpedia): backoff with jitter, Retry-After."""
+"""What the HTTP clients (Broccoli, Malpedia) share: retry timing (backoff with jitter, Retry-After)
+and a bounded read of a response body.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,16 @@ import email.utils
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
+
+MAX_RESPONSE_BYTES = 1 << 20
+"""Default cap on one response body (1 MiB), counted after decompression."""
+READ_CHUNK_BYTES = 64 << 10
+HEAD_BYTES = 256
+"""How much of a refused body is kept, to show what it was."""
 
 
 def backoff_seconds(retry: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -31,3 +43,33 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class ResponseTooLarge(Exception):
+    """A body over the cap, refused before it was read whole; ``head`` is its start (``HEAD_BYTES`` at most)."""
+
+    def __init__(self, limit: int, head: bytes = b""):
+        super().__init__(f"response_too_large: more than {limit} bytes")
+        self.limit, self.head = limit, head
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or ``ResponseTooLarge`` as soon as it is known to exceed ``limit`` bytes.
+
+    A larger ``Content-Length`` is refused before any byte is read; otherwise the (transparently
+    decompressed) stream is read a chunk at a time, so neither a missing or lying length nor a gzip
+    bomb makes memory grow past ``limit`` plus one chunk.
+    """
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise ResponseTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    head = b""
+    async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+        size += len(chunk)
+        head += chunk[: HEAD_BYTES - len(head)]
+        if size > limit:
+            raise ResponseTooLarge(limit, head)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -8,10 +8,15 @@
 - ``file:///folder`` (or a plain path): ``{folder}/{sha1}`` (the demo default).
 
 Every lookup ends in exactly one outcome: ``found`` (HTTP 200 with a JSON object holding a string
-``classification``), ``not_found`` (404), ``rejected`` (an invalid SHA1 or a body that is not such an
-object; the reason is kept) or ``failed`` (still a 429/5xx/timeout/reset after every retry, or a
-permanent HTTP error such as 403). Retries back off exponentially with jitter and wait at least what
-``Retry-After`` asks. A SHA1 is checked to be 40 hex characters before any URL is built from it.
+``classification``), ``not_found`` (404), ``rejected`` (an invalid SHA1, a body over the size cap or
+a body that is not such an object; the reason is kept) or ``failed`` (still a 429/5xx/timeout/reset
+after every retry, or a permanent HTTP error such as 403). Retries back off exponentially with jitter
+and wait at least what ``Retry-After`` asks. A SHA1 is checked to be 40 hex characters before any URL
+is built from it.
+
+The objects are small, so a body over ``max_response_bytes`` (1 MiB by default, decompressed size)
+is refused before it is read whole, from every kind of store: one bad or hostile object cannot
+exhaust memory, and it is rejected rather than retried, since asking again brings the same object.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ import orjson
 from ti_pipeline import keys
 from ti_pipeline.broccoli.labels import map_label
 from ti_pipeline.broccoli.tokens import GoogleTokens, TokenProvider
-from ti_pipeline.http_retry import backoff_seconds, retry_after_seconds
+from ti_pipeline.http_retry import (
+    HEAD_BYTES,
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    backoff_seconds,
+    read_capped,
+    retry_after_seconds,
+)
 
 FOUND = "found"
 NOT_FOUND = "not_found"
@@ -94,6 +106,10 @@ def parse_report(body: bytes) -> tuple[str | None, str | None]:
     return label.strip(), None
 
 
+def _too_large(sha1: str, exc: ResponseTooLarge, attempts: int) -> Lookup:
+    return Lookup(sha1, REJECTED, 200, time.time(), reason=str(exc), attempts=attempts, excerpt=exc.head)
+
+
 def _answer(sha1: str, status: int, body: bytes, attempts: int) -> Lookup:
     now = time.time()
     if status == 404:
@@ -116,10 +132,12 @@ class BroccoliClient:
         tokens: TokenProvider | None = None,
         concurrency: int = 500,
         rng: random.Random | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.uri = uri
         self.policy = policy
         self.concurrency = concurrency
+        self.max_response_bytes = max_response_bytes
         self.rng = rng or random.Random()
         self.stats = LookupStats()
         self._session = None
@@ -217,10 +235,16 @@ class BroccoliClient:
         return await self._lookup_http(key)
 
     def _lookup_local(self, sha1: str) -> Lookup:
+        limit = self.max_response_bytes
         try:
-            body = (self._local_root / sha1).read_bytes()
+            with open(self._local_root / sha1, "rb") as file:
+                oversized = os.fstat(file.fileno()).st_size > limit
+                # Past the stat, reading at most one byte over the cap still catches a file that grew.
+                body = file.read(HEAD_BYTES if oversized else limit + 1)
         except FileNotFoundError:
             return _answer(sha1, 404, b"", 1)
+        if oversized or len(body) > limit:
+            return _too_large(sha1, ResponseTooLarge(limit, body[:HEAD_BYTES]), 1)
         return _answer(sha1, 200, body, 1)
 
     async def _lookup_http(self, sha1: str) -> Lookup:
@@ -237,7 +261,12 @@ class BroccoliClient:
                 headers = await self.tokens.headers()
                 async with self._session.get(url, headers=headers) as resp:
                     status = resp.status
-                    body = await resp.read()
+                    try:
+                        body = await read_capped(resp, self.max_response_bytes)
+                    except ResponseTooLarge as exc:
+                        if status == 200:
+                            return _too_large(sha1, exc, attempt)  # the same object again: not retried
+                        body = b""  # an error page is not used: the connection is dropped, not drained
                     if status == 200 or status == 404:
                         return _answer(sha1, status, body, attempt)
                     if status == 401:

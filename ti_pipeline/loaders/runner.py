@@ -1,19 +1,24 @@
 """Run an external loader (tidb-lightning) as a subprocess, streaming its log lines as they come.
 
 Output is read line by line in a thread so a silent, hung process still hits the timeout; on a
-timeout the whole process group is killed. Secrets are masked in every line before it is logged.
+timeout the whole process group is killed. Secrets are masked in every line before it is logged,
+in every form a tool or a library may print them (escaped, quoted, URL-encoded).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
 
 from ti_pipeline.loaders.base import LoaderError
 
@@ -27,11 +32,46 @@ class RunResult:
     last_error: str | None
 
 
-def redact(line: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, MASK)
-    return line
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+def _escaped(text: str) -> set[str]:
+    """``text`` as written inside a TOML basic string (only ``"`` and ``\\`` escaped), JSON (with and
+    without ``\\u`` escapes) or a Python repr, and percent-encoded as urllib and SQLAlchemy URLs do it,
+    in either hex case. (A TOML literal string holds the raw text.)"""
+    forms = {
+        text.replace("\\", "\\\\").replace('"', '\\"'),
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        repr(text)[1:-1],
+        repr(text + "'\"")[1:-4],  # the repr of a longer string holding both quotes: \' escaped
+    }
+    for encoded in (quote(text, safe=""), quote(text), quote(text, safe=" +"), quote_plus(text)):
+        forms |= {encoded, _lower_hex(encoded)}
+    return forms
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The secret and its escaped forms, also escaped twice (a JSON log line quoted in a repr, ...)."""
+    once = {secret} | _escaped(secret)
+    return once | {twice for form in once for twice in _escaped(form)}
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
+    if not forms:
+        return None
+    # Longest first: where forms share a start (``ab%`` and its URL form ``ab%25``), the longer one is
+    # masked whole instead of leaving its tail behind.
+    return re.compile("|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)))
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every form of every secret replaced by ``MASK``."""
+    pattern = _pattern(tuple(secrets))
+    return text if pattern is None else pattern.sub(MASK, text)
 
 
 def is_error_line(line: str) -> bool:

@@ -22,7 +22,7 @@ class TidbTarget:
 def tidb_target(url: sa.URL, settings: LoadSettings) -> TidbTarget:
     """The warehouse URL's server and database, each field overridable by the loader settings."""
     if not url.database:
-        raise ValueError("the warehouse URL names no database")
+        raise ValueError(f"the warehouse URL {url.render_as_string(hide_password=True)} names no database")
     return TidbTarget(
         host=settings.tidb_host or url.host or "127.0.0.1",
         port=int(settings.tidb_port or url.port or 4000),

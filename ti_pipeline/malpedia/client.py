@@ -2,8 +2,10 @@
 
 429 and 5xx answers, timeouts and dropped connections are retried with exponential backoff and
 jitter, never sooner than the server's ``Retry-After`` (a 429 also holds back every other request of
-this client). Anything else fails at once with a ``MalpediaError`` naming the URL and status. The API
-token goes into the ``Authorization`` header only; it is never part of an error, log line or repr.
+this client). Anything else fails at once with a ``MalpediaError`` naming the URL and status, and so
+does a body over the size cap (1 MiB; 32 MiB for the whole family catalogue of ``get/families``): it
+is refused before it is read whole, and asking again would bring the same body. The API token goes
+into the ``Authorization`` header only; it is never part of an error, log line or repr.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ti_pipeline.http_retry import retry_after_seconds
+from ti_pipeline.http_retry import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped, retry_after_seconds
 from ti_pipeline.malpedia.budget import RequestBudget, retry_delay
 
 log = logging.getLogger(__name__)
 
 PUBLIC_API = "https://malpedia.caad.fkie.fraunhofer.de/api"
+MAX_FAMILIES_BYTES = 32 << 20
+"""Cap on ``get/families``: every family in one object (2.8 MB in the shipped snapshot), so 1 MiB is too small."""
 
 
 class MalpediaError(Exception):
@@ -60,6 +64,8 @@ class MalpediaClient:
         max_retry_wait: float = 3600.0,
         timeout: float = 60.0,
         rand: Callable[[], float] = random.random,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_families_bytes: int = MAX_FAMILIES_BYTES,
     ):
         self.base_url = base_url.rstrip("/")
         self._headers = {"Accept": "application/json"}
@@ -71,6 +77,8 @@ class MalpediaClient:
         self.max_retry_wait = max_retry_wait
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.rand = rand
+        self.max_response_bytes = max_response_bytes
+        self.max_families_bytes = max_families_bytes
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
 
@@ -89,8 +97,12 @@ class MalpediaClient:
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
-    async def get_json(self, path: str) -> Any:
-        """GET ``{base}/{path}`` and decode its JSON body, retrying what is worth retrying."""
+    async def get_json(self, path: str, *, max_bytes: int | None = None) -> Any:
+        """GET ``{base}/{path}`` and decode its JSON body, retrying what is worth retrying.
+
+        A body over ``max_bytes`` (default ``max_response_bytes``) fails for good, unread past the cap.
+        """
+        limit = self.max_response_bytes if max_bytes is None else max_bytes
         if self._session is None:
             raise RuntimeError("use MalpediaClient as `async with`")
         url = self.url(path)
@@ -101,7 +113,11 @@ class MalpediaClient:
                 async with self._session.get(url) as response:
                     status = response.status
                     if status == 200:
-                        body = await response.read()
+                        try:
+                            body = await read_capped(response, limit)
+                        except ResponseTooLarge:
+                            reason = f"response body over the {limit}-byte cap; not read, not retried"
+                            raise MalpediaError(url, status, reason) from None
                         try:
                             return json.loads(body)
                         except ValueError as exc:
@@ -144,7 +160,7 @@ class MalpediaClient:
         return body
 
     async def get_families(self) -> dict[str, Any]:
-        body = await self.get_json("get/families")
+        body = await self.get_json("get/families", max_bytes=self.max_families_bytes)
         if not isinstance(body, dict):
             raise MalpediaError(self.url("get/families"), 200, "expected a JSON object keyed by family id")
         return body

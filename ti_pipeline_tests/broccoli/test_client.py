@@ -1,6 +1,7 @@
 import asyncio
 import hashlib
 import random
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -9,6 +10,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from ti_pipeline.accounting import QuarantineRecord
 from ti_pipeline.broccoli.client import (
     FAILED,
     FOUND,
@@ -18,11 +20,25 @@ from ti_pipeline.broccoli.client import (
     RetryPolicy,
     parse_report,
 )
-from ti_pipeline.broccoli.pipeline import run_async
+from ti_pipeline.broccoli.pipeline import classify_day, run_async
 from ti_pipeline.broccoli.tokens import GoogleTokens
-from ti_pipeline.http_retry import backoff_seconds, retry_after_seconds
+from ti_pipeline.http_retry import (
+    MAX_RESPONSE_BYTES,
+    READ_CHUNK_BYTES,
+    ResponseTooLarge,
+    backoff_seconds,
+    read_capped,
+    retry_after_seconds,
+)
 from ti_pipeline.keys import InvalidKey
+from ti_pipeline.objectstore import LocalStore
 from ti_pipeline_tests.broccoli.conftest import FAST
+from ti_pipeline_tests.broccoli.server import BigBody
+from ti_pipeline_tests.broccoli.vt_export import write_vt_export
+
+MiB = 1 << 20
+TOO_LARGE = "response_too_large: more than 1048576 bytes"
+BIG_EXCERPT = (BigBody.HEAD + b"x" * 256)[:256]  # the start of a refused BigBody, kept for the quarantine
 
 
 def sha1(n: int) -> str:
@@ -31,6 +47,12 @@ def sha1(n: int) -> str:
 
 def report(label: str) -> bytes:
     return orjson.dumps({"classification": label, "score": 0.93, "model": "broccoli-v7"})
+
+
+def padded_report(label: str, size: int) -> bytes:
+    """A well-formed object of exactly ``size`` bytes."""
+    body = orjson.dumps({"classification": label, "pad": ""})
+    return orjson.dumps({"classification": label, "pad": "x" * (size - len(body))})
 
 
 def look_up(uri: str, sha1s: list[str], policy: RetryPolicy = FAST, **kwargs) -> tuple[list, BroccoliClient]:
@@ -252,3 +274,134 @@ def test_parse_report():
     assert parse_report(b"") == (None, "malformed_json")
     assert parse_report(b'{"classification": ""}') == (None, "classification_not_a_string")
     assert parse_report(b'{"classification": null}') == (None, "missing_classification")
+
+
+@pytest.mark.parametrize(
+    ("body", "excerpt", "sent_below"),
+    [
+        # Chunked, no length: cut once the cap is passed. Of 50 MiB the server can hand over only what
+        # the socket buffers take before the client hangs up (of 5 MiB, possibly all of it).
+        (BigBody(50 * MiB), BIG_EXCERPT, 16 * MiB),
+        (BigBody(5 * MiB), BIG_EXCERPT, None),
+        (BigBody(5 * MiB, declare_length=True), b"", None),  # refused on its Content-Length, nothing read
+        (BigBody(50 * MiB, gzip=True), BIG_EXCERPT, None),  # ~50 KB on the wire: the decompressed size counts
+    ],
+    ids=["50MiB-chunked", "5MiB-chunked", "5MiB-content-length", "gzip-bomb"],
+)
+def test_a_body_over_the_cap_is_rejected_unread_and_not_retried(broccoli_server, body, excerpt, sent_below):
+    big, small = sha1(1), sha1(2)
+    broccoli_server.objects.update({big: body, small: report("pua")})
+    if body.gzip:
+        assert body.wire_size < MAX_RESPONSE_BYTES // 16
+    client = BroccoliClient(broccoli_server.url, policy=FAST, rng=random.Random(1))
+
+    async def main():
+        async with client:
+            warm = await client.lookup(small)  # imports and the connection are set up outside the measurement
+            tracemalloc.start()
+            try:
+                result, peak = await client.lookup(big), tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            return warm, result, peak, await client.lookup(small)  # the half-read connection is not reused
+
+    warm, result, peak, after = run_async(main())
+
+    assert [(x.outcome, x.classification) for x in (warm, after)] == [(FOUND, "UNWANTED")] * 2
+    assert (result.outcome, result.http_status, result.reason, result.attempts, result.excerpt) == (
+        REJECTED, 200, TOO_LARGE, 1, excerpt,
+    )
+    assert len(broccoli_server.requests[big]) == 1
+    # Memory stays near the cap whatever the body's size: the cap, a chunk, aiohttp's buffers.
+    assert peak < 4 * MAX_RESPONSE_BYTES
+    if sent_below is not None:
+        assert broccoli_server.sent[big] < sent_below
+
+
+def test_a_body_of_exactly_the_cap_is_read(broccoli_server):
+    at_cap, over = sha1(1), sha1(2)
+    broccoli_server.objects.update({at_cap: padded_report("pua", MAX_RESPONSE_BYTES), over: padded_report("pua", MAX_RESPONSE_BYTES + 1)})
+
+    results, _ = look_up(broccoli_server.url, [at_cap, over])
+
+    assert [(r.outcome, r.classification, r.reason) for r in results] == [
+        (FOUND, "UNWANTED", None), (REJECTED, None, TOO_LARGE),
+    ]
+
+
+def test_the_cap_is_configurable(broccoli_server):
+    broccoli_server.objects[sha1(1)] = report("pua")
+
+    [result], _ = look_up(broccoli_server.url, [sha1(1)], max_response_bytes=len(report("pua")) - 1)
+
+    assert (result.outcome, result.reason) == (REJECTED, f"response_too_large: more than {len(report('pua')) - 1} bytes")
+
+
+def test_an_oversized_object_is_quarantined_with_its_url_and_the_day_still_publishes(broccoli_server, tmp_path):
+    export = LocalStore(tmp_path / "export")
+    big, fine = sha1(1), sha1(2)
+    write_vt_export(export, "2020-11-05", [[big, fine]])
+    broccoli_server.objects.update({big: BigBody(50 * MiB), fine: report("malware")})
+    client = BroccoliClient(broccoli_server.url, policy=FAST, rng=random.Random(1))
+
+    result = classify_day(export, client, "2020-11-05", already_classified=lambda sha1s: sha1s.slice(0, 0))
+
+    assert result.failed == []
+    assert result.published is not None
+    assert result.quarantine == [QuarantineRecord(client.url(big), TOO_LARGE, excerpt=BIG_EXCERPT.hex())]
+    acc = result.accounting
+    assert (acc.read, acc.written, dict(acc.rejected), acc.unaccounted) == (2, 1, {TOO_LARGE: 1}, 0)
+
+
+def test_file_store_objects_are_bounded_by_their_size_before_reading(tmp_path):
+    (tmp_path / sha1(1)).write_bytes(padded_report("pua", MAX_RESPONSE_BYTES))
+    (tmp_path / sha1(2)).write_bytes(padded_report("pua", MAX_RESPONSE_BYTES + 1))
+    with open(tmp_path / sha1(3), "wb") as sparse:  # 50 GiB that take no disk: only the stat is read
+        sparse.write(b'{"classification": ')
+        sparse.truncate(50 << 30)
+
+    results, _ = look_up(tmp_path.as_uri(), [sha1(1), sha1(2), sha1(3)])
+
+    assert [(r.outcome, r.classification, r.reason, r.excerpt) for r in results] == [
+        (FOUND, "UNWANTED", None, b""),
+        (REJECTED, None, TOO_LARGE, padded_report("pua", MAX_RESPONSE_BYTES + 1)[:256]),
+        (REJECTED, None, TOO_LARGE, b'{"classification": ' + bytes(256 - 19)),
+    ]
+
+
+def test_gcs_objects_over_the_cap_are_rejected(gcs_bucket):
+    client = storage.Client(project="ti-pipeline", credentials=AnonymousCredentials())
+    bucket = client.bucket(gcs_bucket)
+    bucket.blob(f"latest-reports/{sha1(1)}").upload_from_string(padded_report("pua", MAX_RESPONSE_BYTES))
+    bucket.blob(f"latest-reports/{sha1(2)}").upload_from_string(padded_report("pua", MAX_RESPONSE_BYTES + 1))
+
+    results, _ = look_up(f"gs://{gcs_bucket}/latest-reports", [sha1(1), sha1(2)])
+
+    assert [(r.outcome, r.classification, r.http_status, r.reason) for r in results] == [
+        (FOUND, "UNWANTED", 200, None), (REJECTED, None, 200, TOO_LARGE),
+    ]
+
+
+class EndlessBody:
+    """A response with no length whose body never ends; counts the bytes the reader took."""
+
+    content_length = None
+
+    def __init__(self):
+        self.content = self
+        self.taken = 0
+
+    async def iter_chunked(self, n: int):
+        while True:
+            self.taken += n
+            yield b"x" * n
+
+
+def test_read_capped_takes_at_most_one_chunk_past_the_cap():
+    body = EndlessBody()
+
+    with pytest.raises(ResponseTooLarge) as err:
+        asyncio.run(read_capped(body, MAX_RESPONSE_BYTES))
+
+    assert body.taken == MAX_RESPONSE_BYTES + READ_CHUNK_BYTES
+    assert (str(err.value), err.value.head) == (TOO_LARGE, b"x" * 256)

@@ -9,8 +9,10 @@ import pytest
 from ti_pipeline.malpedia.budget import RequestBudget
 from ti_pipeline.malpedia.client import MalpediaClient, MalpediaError
 from ti_pipeline.malpedia.local_server import LocalMalpediaServer
+from ti_pipeline_tests.broccoli.server import BigBody, BroccoliServer
 
 UNLIMITED = [(1_000_000, 60.0)]
+MiB = 1 << 20
 
 
 def call(server: LocalMalpediaServer, coro_fn, **client_args):
@@ -114,3 +116,46 @@ def test_the_budget_schedules_the_clients_requests(malpedia_server):
     budget = asyncio.run(run())
     assert slept == [60.0, 60.0] and budget.waited == 120.0
     assert malpedia_server.requests == ["/api/get/version"] * 5
+
+
+@pytest.fixture
+def huge_actor_server():
+    """Serves ``/api/get/actor/<id>`` from generated bodies (the Broccoli test server streams them)."""
+    server = BroccoliServer(prefix="/api/get/actor").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BigBody(50 * MiB), BigBody(5 * MiB), BigBody(5 * MiB, declare_length=True), BigBody(50 * MiB, gzip=True)],
+    ids=["50MiB-chunked", "5MiB-chunked", "5MiB-content-length", "gzip-bomb"],
+)
+def test_a_body_over_the_cap_fails_for_good_naming_the_endpoint(huge_actor_server, body):
+    huge_actor_server.objects["apt-huge"] = body
+    base_url = f"http://127.0.0.1:{huge_actor_server.port}/api"
+
+    async def run():
+        async with MalpediaClient(base_url, budget=RequestBudget(UNLIMITED), backoff_base=0.01) as api:
+            await api.get_actor("apt-huge")
+
+    with pytest.raises(MalpediaError) as err:
+        asyncio.run(run())
+    assert (err.value.url, err.value.status) == (f"{base_url}/get/actor/apt-huge", 200)
+    assert str(err.value) == f"{base_url}/get/actor/apt-huge: response body over the 1048576-byte cap; not read, not retried"
+    assert len(huge_actor_server.requests["apt-huge"]) == 1
+    if body.size == 50 * MiB and not body.gzip:
+        assert huge_actor_server.sent["apt-huge"] < 16 * MiB  # the client hung up; the socket buffers took the rest
+
+
+def test_the_family_catalogue_has_a_cap_of_its_own(malpedia_server, snapshot):
+    """``get/families`` is every family in one object (2.8 MB for the galaxy, synced under the default caps
+    in test_sync), more than the 1 MiB any other answer may have."""
+    families, _ = call(malpedia_server, lambda api: api.get_families(), max_response_bytes=1_000)
+    assert len(families) == len(snapshot.families)
+    with pytest.raises(MalpediaError, match=r"/get/families: response body over the 100000-byte cap; not read, not retried$"):
+        call(malpedia_server, lambda api: api.get_families(), max_families_bytes=100_000)
+    with pytest.raises(MalpediaError, match=r"/get/version: response body over the 39-byte cap; not read, not retried$"):
+        call(malpedia_server, lambda api: api.get_version(), max_response_bytes=39)
+    version, _ = call(malpedia_server, lambda api: api.get_version(), max_response_bytes=40)
+    assert version == {"version": snapshot.version, "date": snapshot.date}
