@@ -10,12 +10,15 @@ import ipaddress
 import re
 from datetime import date, datetime
 
+import idna
+
 SHARDS = ("r01", "r02", "r03", "r04", "r05", "r06")
 SAGE_COLLECTIONS = ("file_rep", "domain_classification", "TOKENS", "FILE_EXTENSION_CLASSIFICATION")
 
 _HEX = re.compile(r"[0-9a-f]+")
 _HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_TLD = re.compile(r"(?!-)(?=.*[a-z])[a-z0-9-]{2,63}(?<!-)")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,254}")
 
 
@@ -42,20 +45,31 @@ def hash_kind(value: str) -> str | None:
 
 
 def normalise_domain(value: object) -> str | None:
-    """Lower-case ASCII (IDNA) form of a host name, or None when it is not a valid one."""
+    """The one form of a host name every table stores: lower-case ASCII, IDNA 2008 / UTS 46
+    (``faß.de`` -> ``xn--fa-hia.de``, never ``fass.de``), or None when it is not a valid name.
+
+    Surrounding blanks, a leading ``//`` or ``.`` (as curated tokens carry them) and the root's
+    trailing dot are removed first; labels may hold ``_`` (seen in real hosts), the TLD may not.
+    """
     if not isinstance(value, str):
         return None
-    text = value.strip().rstrip(".").lower()
+    text = value.strip()
+    if text.startswith("//"):
+        text = text[2:]
+    text = text.lstrip(".").rstrip(".")
     if not text or len(text) > 253:
         return None
-    try:
-        text = text.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
+    if text.isascii():
+        text = text.lower()
+    else:
+        try:
+            text = idna.encode(text, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
+            return None
     labels = text.split(".")
-    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+    if len(labels) < 2 or len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         return None
-    if labels[-1].isdigit():
+    if not _TLD.fullmatch(labels[-1]):
         return None
     return text
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -19,6 +21,7 @@ FILE_CLASSIFICATIONS = (
     "AV_DETECTED",
     "INDIFFERENT",
     "UNKNOWN",
+    "WHITELIST",
 )
 # Where a row came from; a curated TOKENS row outranks every automated source.
 SOURCES = ("VIRUS_TOTAL", "MALWARE_BAZAAR", "INTERNAL", "SAGE_DUMP", "TOKENS")
@@ -36,6 +39,11 @@ def _timestamps() -> list[sa.Column]:
     ]
 
 
+# Lists that can outgrow MySQL's TEXT (64 KiB: a family's reference URLs reach 64 KB in the shipped
+# Malpedia snapshot alone; 70 engines' detection names come near it); MEDIUMTEXT (16 MiB) on TiDB/MySQL, plain TEXT on SQLite.
+LONG_TEXT = sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
+
+
 ioc_file_hashes = sa.Table(
     "ioc_file_hashes",
     metadata,
@@ -44,7 +52,7 @@ ioc_file_hashes = sa.Table(
     sa.Column("md5", sa.BINARY(16)),
     sa.Column("classification", _enum("file_classification", FILE_CLASSIFICATIONS), nullable=False),
     sa.Column("source", _enum("file_source", SOURCES), nullable=False),
-    sa.Column("detection_names", sa.Text),
+    sa.Column("detection_names", LONG_TEXT),
     sa.Column("scan_date", sa.DateTime),
     sa.Column("positives", sa.Integer),
     sa.Column("total", sa.Integer),
@@ -74,7 +82,9 @@ ioc_tokens = sa.Table(
     metadata,
     sa.Column("token", sa.String(255), primary_key=True),
     sa.Column("token_type", sa.String(16), nullable=False),
+    # The response word (malware, whitelist, ...) and its optional ``;SUBTYPE`` suffix (ANTI_VIRUS, SHELL, ...).
     sa.Column("response", sa.String(32), nullable=False),
+    sa.Column("subtype", sa.String(64)),
     sa.Column("malicious_type", sa.String(64)),
     sa.Column("source", sa.String(255)),
     sa.Column("link", sa.Text),
@@ -131,9 +141,6 @@ submission_ledger = sa.Table(
     sa.Index("ix_submission_ledger_identity", "identity_hash"),
 )
 
-# Malpedia lists can outgrow MySQL's TEXT (64 KiB: a family's reference URLs reach 64 KB in the
-# shipped snapshot alone); MEDIUMTEXT (16 MiB) on TiDB/MySQL, plain TEXT on SQLite.
-LONG_TEXT = sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
 
 threat_actors = sa.Table(
     "threat_actors",
@@ -211,6 +218,33 @@ quarantine = sa.Table(
 )
 
 
+class TextLimit(NamedTuple):
+    """The longest value a string column holds on every warehouse: characters, and UTF-8 bytes for TEXT."""
+
+    chars: int
+    utf8_bytes: int | None = None
+
+
+def _text_limit(column: sa.Column) -> TextLimit | None:
+    kind = column.type
+    if isinstance(kind, sa.Enum):
+        return None
+    if isinstance(kind, sa.String) and kind.length:
+        return TextLimit(kind.length)
+    if kind is LONG_TEXT:
+        return TextLimit(16 << 20, (16 << 20) - 1)
+    if isinstance(kind, sa.Text):
+        return TextLimit(65535, 65535)
+    return None
+
+
+# Per table, the longest string each column holds: a longer value is rejected, never truncated.
+TEXT_LIMITS: dict[str, dict[str, TextLimit]] = {
+    table.name: {c.name: limit for c in table.columns if (limit := _text_limit(c)) is not None}
+    for table in metadata.sorted_tables
+}
+
+
 # Per-day staging tables of the VT load: the Parquet export schemas (``ti_pipeline.exports``) as
 # tables, so LOAD DATA, Lightning and IMPORT INTO fill them column for column. They live in their
 # own MetaData: ``create_schema`` never creates them, the loader creates and drops one per load.
@@ -226,7 +260,7 @@ def _staging_type(arrow_type) -> sa.types.TypeEngine:
     if pa.types.is_timestamp(arrow_type):
         return sa.DateTime()
     if pa.types.is_string(arrow_type):
-        return sa.Text()
+        return LONG_TEXT  # as long as the target's longest text (detection_names): staging never cuts
     raise TypeError(f"no staging column type for {arrow_type}")
 
 

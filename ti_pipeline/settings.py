@@ -13,6 +13,8 @@ ENV_NAMES = (
     "TI_DATA_DIR",
     "TI_WAREHOUSE_URL",
     "TI_SAGE_DUMP_URI",
+    "TI_SAGE_SHARD_DIR",
+    "TI_IMPORT_CLASSIFICATIONS",
     "TI_VT_FEED_URI",
     "TI_EXPORT_URI",
     "TI_BROCCOLI_URI",
@@ -89,3 +91,8 @@ def resolve(name: str, value: str | None = None) -> str:
     if name == "TI_DATA_DIR":
         return str(data_dir())
     raise KeyError(f"{name} has no embedded default")
+
+
+def optional(name: str, value: str | None = None) -> str | None:
+    """The configured value of a setting that may stay unset (explicit value, else environment)."""
+    return value or os.environ.get(name) or None

@@ -16,6 +16,11 @@ def test_normalise_hex(value, kind, expected):
 @pytest.mark.parametrize("value, expected", [
     ("Example.COM.", "example.com"), ("bücher.de", "xn--bcher-kva.de"), ("localhost", None),
     ("-bad.com", None), ("a..b", None), ("1.2.3.4", None), ("x" * 64 + ".com", None), ("a b.com", None),
+    # IDNA 2008 / UTS 46, not IDNA 2003: the sharp s is kept, not mapped to "ss".
+    ("faß.de", "xn--fa-hia.de"), ("xn--fa-hia.de", "xn--fa-hia.de"), ("münchen.DE", "xn--mnchen-3ya.de"),
+    # Curated tokens as they really are: a leading "//" or ".", surrounding blanks.
+    (" //.Evil.COM. ", "evil.com"), (".bad.example", "bad.example"), ("//cdn.example.net", "cdn.example.net"),
+    ("a_b.example.com", "a_b.example.com"), ("evil", None), ("x.123", None), ("http://x.com", None),
 ])
 def test_normalise_domain(value, expected):
     assert keys.normalise_domain(value) == expected

@@ -1,11 +1,12 @@
 import pytest
 
-from ti_pipeline.broccoli.labels import LABELS, map_label
+from ti_pipeline.broccoli.labels import map_label
 from ti_pipeline.schema import FILE_CLASSIFICATIONS
+from ti_pipeline.values import CLASSIFICATION_WORDS
 
 
 def test_every_mapped_value_is_a_classification_enum_value():
-    assert set(LABELS.values()) <= set(FILE_CLASSIFICATIONS)
+    assert set(CLASSIFICATION_WORDS.values()) <= set(FILE_CLASSIFICATIONS)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +21,8 @@ def test_every_mapped_value_is_a_classification_enum_value():
         ("Hack Tool", ("HACKTOOL", True)),
         ("mal_tool", ("MALTOOL", True)),
         ("clean", ("INDIFFERENT", True)),
+        ("whitelist", ("WHITELIST", True)),
+        ("AV-Detected", ("AV_DETECTED", True)),
         ("unknown", ("UNKNOWN", True)),
         ("coinminer", ("UNKNOWN", False)),
         ("", ("UNKNOWN", False)),
