@@ -73,7 +73,8 @@ def sample(tmp_path_factory) -> Path:
     env = os.environ.copy()
     os.environ["TI_DATA_DIR"] = str(base)
     try:
-        cli(["sample-data", "--docs-per-shard", "1500"])
+        # r01's file_rep must span two 4 MiB blocks, for the kill at the second block's write.
+        cli(["sample-data", "--docs-per-shard", "4000"])
     finally:
         os.environ.clear()
         os.environ.update(env)

@@ -1,6 +1,7 @@
 """The 2020-11-05 Sage MongoDB dump into the IOC tables (the baseline every feed updates)."""
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from dagster import (
@@ -18,14 +19,16 @@ from dagster import (
     multi_asset,
 )
 
-from ti_pipeline import keys, schema
+from ti_pipeline import keys, schema, settings
 from ti_pipeline.accounting import Accounting
 from ti_pipeline.assets.common import Progress, accounting_metadata, reconcile_check, sample_table
 from ti_pipeline.objectstore import ObjectStore
 from ti_pipeline.partitions import dump_shards
 from ti_pipeline.quality import invalid_keys
 from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.sage.load import TABLES, load_dump_file
+from ti_pipeline.sage import layout
+from ti_pipeline.sage.load import TABLES, load_dump_file, rule_context
+from ti_pipeline.values import ImportPolicy
 from ti_pipeline.warehouse import Warehouse
 
 GROUP = "sage_dump"
@@ -37,12 +40,32 @@ class SageDumpConfig(Config):
     """Decoding processes for this step; 0 means one per core."""
     block_mib: int = 4
     """Size of the blocks of whole documents handed to a decoding process."""
+    shard_dir: str | None = None
+    """A shard's folder under the dump root, with a {shard} placeholder (e.g.
+    cr-mongo-shard-{shard}.cybereason.net); unset: TI_SAGE_SHARD_DIR, else found in either layout."""
 
 
-def dump_files(store: ObjectStore, shard: str, collection: str) -> list[str]:
-    """The collection's file(s) in a shard: ``.bson`` and/or ``.bson.gz``."""
-    base = keys.object_name(keys.shard(shard), "cybereason", keys.collection(collection))
-    return [name for name in (base + ".bson", base + ".bson.gz") if store.stat(name) is not None]
+@dataclass
+class CollectionLoad:
+    """What one asset's load read: the accounting, and the files read and left unread."""
+
+    files: list[layout.DumpFile]
+    accounting: Accounting = field(default_factory=Accounting)
+
+    def file_metadata(self, store: ObjectStore) -> dict[str, object]:
+        ignored = [store.url_of(name) for f in self.files for name in f.ignored]
+        return {
+            "files_read": MetadataValue.text("\n".join(store.url_of(f.name) for f in self.files)),
+            "files_ignored": MetadataValue.text("\n".join(ignored) if ignored else "none"),
+        }
+
+
+def dump_files(store: ObjectStore, shards: Iterable[str], collection: str, template: str | None) -> list[layout.DumpFile]:
+    """The file of ``collection`` in each of ``shards`` that holds it; a layout error fails the step."""
+    try:
+        return [f for shard in shards if (f := layout.find_dump_file(store, shard, collection, template)) is not None]
+    except layout.LayoutError as exc:
+        raise Failure(str(exc)) from None
 
 
 def load_collection(
@@ -55,20 +78,33 @@ def load_collection(
     shards: Iterable[str],
     asset_name: str,
     partition_key: str,
-) -> Accounting:
-    """Stream every file of ``collection`` in ``shards`` into the warehouse; returns the accounting."""
-    files = [name for shard in shards for name in dump_files(store, shard, collection)]
+    policy: ImportPolicy,
+) -> CollectionLoad:
+    """Stream the file of ``collection`` in each of ``shards`` into the warehouse."""
+    shards = list(shards)
+    template = settings.optional("TI_SAGE_SHARD_DIR", config.shard_dir)
+    files = dump_files(store, shards, collection, template)
     if not files:
-        raise Failure(f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)}")
+        looked = ", ".join(folder for shard in shards for folder in layout.looked_in(shard, template))
+        raise Failure(
+            f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)} (looked in {looked})"
+        )
     warehouse.clear_quarantine(asset_name, partition_key)
-    total = Accounting()
+    load = CollectionLoad(files=files)
+    total = load.accounting
+    ctx = rule_context(policy)
     progress = Progress(context.log, f"{asset_name}[{partition_key}]")
-    for name in files:
-        context.log.info(f"reading {store.url_of(name)}")
+    for dump_file in files:
+        for ignored in dump_file.ignored:
+            context.log.warning(
+                f"both {store.url_of(dump_file.name)} and {store.url_of(ignored)} exist: reading the first, ignoring the second"
+            )
+        context.log.info(f"reading {store.url_of(dump_file.name)}")
         done = total.read, total.figures["bytes_read"]
         acc = load_dump_file(
-            store, name, collection, warehouse,
+            store, dump_file.name, collection, warehouse,
             quarantine_key=(asset_name, partition_key),
+            ctx=ctx,
             workers=config.workers,
             block_bytes=config.block_mib << 20,
             on_progress=lambda a, n, done=done: progress.update(done[0] + a.read, done[1] + n),
@@ -76,7 +112,20 @@ def load_collection(
         total.merge(acc)
     progress.update(total.read, total.figures["bytes_read"], force=True)
     total.figures["files"] = len(files)
-    return total
+    return load
+
+
+def import_policy(warehouse: WarehouseResource) -> ImportPolicy:
+    """The policy in force (``TI_IMPORT_CLASSIFICATIONS``); a name that is not a classification fails the step."""
+    try:
+        return warehouse.import_policy()
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+
+
+def policy_text(policy: ImportPolicy) -> str:
+    """The classifications the policy admits, in the ENUM's order."""
+    return ",".join(c for c in schema.FILE_CLASSIFICATIONS if policy.admits(c))
 
 
 SAMPLE_COLUMNS = {
@@ -138,15 +187,18 @@ def _shard_asset(name: str, collection: str, description: str):
         sage_dump: ObjectStoreResource,
     ):
         shard = keys.shard(context.partition_key)
-        wh = warehouse.get()
-        acc = load_collection(
-            context, sage_dump.get(), wh, config,
-            collection=collection, shards=[shard], asset_name=name, partition_key=shard,
+        wh, store, policy = warehouse.get(), sage_dump.get(), import_policy(warehouse)
+        load = load_collection(
+            context, store, wh, config,
+            collection=collection, shards=[shard], asset_name=name, partition_key=shard, policy=policy,
         )
         key = AssetKey([PREFIX, name])
-        extra = {"shard": shard, "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
-        yield MaterializeResult(asset_key=key, metadata=accounting_metadata(acc, extra))
-        yield reconcile_check(acc, asset_key=key)
+        extra = {"shard": shard, **load.file_metadata(store),
+                 "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
+        if collection == "file_rep":
+            extra["import_classifications"] = MetadataValue.text(policy_text(policy))
+        yield MaterializeResult(asset_key=key, metadata=accounting_metadata(load.accounting, extra))
+        yield reconcile_check(load.accounting, asset_key=key)
         yield key_check(wh, name, key)
 
     return _asset
@@ -189,17 +241,18 @@ ioc_domains = _shard_asset(
 def ioc_tokens(
     context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource
 ):
-    wh = warehouse.get()
-    acc = load_collection(
-        context, sage_dump.get(), wh, config,
-        collection="TOKENS", shards=keys.SHARDS, asset_name="ioc_tokens", partition_key="all",
+    wh, store = warehouse.get(), sage_dump.get()
+    load = load_collection(
+        context, store, wh, config, collection="TOKENS", shards=keys.SHARDS, asset_name="ioc_tokens",
+        partition_key="all", policy=import_policy(warehouse),
     )
-    meta = accounting_metadata(acc)
+    files = load.file_metadata(store)
+    meta = accounting_metadata(load.accounting, files)
     tokens_key, ips_key = AssetKey([PREFIX, "ioc_tokens"]), AssetKey([PREFIX, "ioc_ips"])
     ip_count = wh.count(schema.ioc_ips, schema.ioc_ips.c.source == "TOKENS")
     yield MaterializeResult(asset_key=tokens_key, metadata=meta)
-    yield MaterializeResult(asset_key=ips_key, metadata={"dagster/row_count": ip_count, "from_tokens": ip_count})
-    yield reconcile_check(acc, asset_key=tokens_key)
+    yield MaterializeResult(asset_key=ips_key, metadata={"dagster/row_count": ip_count, "from_tokens": ip_count, **files})
+    yield reconcile_check(load.accounting, asset_key=tokens_key)
     yield key_check(wh, "ioc_tokens", tokens_key)
     yield key_check(wh, "ioc_ips", ips_key)
 
@@ -216,13 +269,14 @@ def ioc_tokens(
 def file_extension_classification(
     context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource
 ):
-    acc = load_collection(
-        context, sage_dump.get(), warehouse.get(), config,
+    store = sage_dump.get()
+    load = load_collection(
+        context, store, warehouse.get(), config,
         collection="FILE_EXTENSION_CLASSIFICATION", shards=keys.SHARDS,
-        asset_name="file_extension_classification", partition_key="all",
+        asset_name="file_extension_classification", partition_key="all", policy=import_policy(warehouse),
     )
-    yield MaterializeResult(metadata=accounting_metadata(acc))
-    yield reconcile_check(acc)
+    yield MaterializeResult(metadata=accounting_metadata(load.accounting, load.file_metadata(store)))
+    yield reconcile_check(load.accounting)
 
 
 assets = [ioc_file_hashes, ioc_domains, ioc_tokens, file_extension_classification]

@@ -2,12 +2,14 @@
 
 A dump file is concatenated documents, each starting with its little-endian int32 length and ending
 with a NUL byte. Boundaries come from those lengths alone; a length that cannot be right stops the
-file with a ``Corrupt`` marker rather than guessing where the next document starts.
+file with a ``Corrupt`` marker rather than guessing where the next document starts. A compressed
+file (``GzipStream``) that is damaged ends the same way, after every whole document before the damage.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -16,6 +18,8 @@ MIN_DOCUMENT = 5
 # MongoDB's document limit is 16 MiB; mongodump adds nothing to it.
 MAX_DOCUMENT = 16 * 1024 * 1024 + 16 * 1024
 _LENGTH = struct.Struct("<i")
+_GZIP = 16 + zlib.MAX_WBITS  # a gzip header and trailer around deflate data
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,11 @@ class Block:
 
 @dataclass(frozen=True)
 class Corrupt:
-    """Bytes at ``offset`` that are not a whole document; nothing after them in the file is read."""
+    """Bytes at ``offset`` that are not a whole document; nothing after them in the file is read.
+
+    ``unread_bytes``: the bytes from ``offset`` on that were not read as documents, plus, when the
+    compressed file itself is damaged, its compressed bytes from the damage on (they have no
+    decompressed length)."""
 
     offset: int
     reason: str
@@ -35,13 +43,107 @@ class Corrupt:
     unread_bytes: int
 
 
-def iter_blocks(stream: BinaryIO, block_bytes: int = 4 << 20) -> Iterator[Block | Corrupt]:
+class UnreadableStream(Exception):
+    """The stream cannot go on (a damaged compressed file): ``reason`` for the quarantine, and how
+    many bytes of the source were left unread."""
+
+    def __init__(self, reason: str, unread_bytes: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.unread_bytes = unread_bytes
+
+
+class GzipStream:
+    """The decompressed bytes of a gzip file (one or more members), read in bounded pieces.
+
+    ``gzip.GzipFile`` raises on damage and loses what it decoded in that call; here a file that is not
+    gzip (``not_gzip``), ends inside a member (``truncated_gzip``) or holds corrupt deflate data
+    (``corrupt_gzip``) raises ``UnreadableStream`` only after every byte decoded before the damage was
+    returned, so the whole documents ahead of it are kept, as for a torn ``.bson``.
+    """
+
+    def __init__(self, raw: BinaryIO, chunk_bytes: int = 1 << 16):
+        self._raw = raw
+        self._chunk_bytes = chunk_bytes
+        self._inflate = zlib.decompressobj(_GZIP)
+        self._pending = b""  # compressed bytes read, not yet decoded
+        self._position = 0  # compressed offset of _pending[0]
+        self._in_member = False
+        self._error: UnreadableStream | None = None
+        self._eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else 1 << 20
+        out = bytearray()
+        while len(out) < size and not self._eof and self._error is None:
+            out += self._decode(size - len(out))
+        if out:
+            return bytes(out)
+        if self._error is not None:
+            raise self._error
+        return b""
+
+    def _decode(self, limit: int) -> bytes:
+        if not self._pending:
+            self._pending = self._raw.read(self._chunk_bytes)
+            if not self._pending:
+                if self._in_member:
+                    self._fail("truncated_gzip: the file ends inside a gzip member", 0)
+                self._eof = True
+                return b""
+            if self._position == 0 and not self._pending.startswith(_GZIP_MAGIC[: len(self._pending)]):
+                self._fail("not_gzip: no gzip magic bytes", len(self._pending))
+                return b""
+        if self._inflate.eof:  # the member ended: another member follows, or zero padding
+            if not self._pending.strip(b"\0"):
+                self._position += len(self._pending)
+                self._pending = b""
+                return b""
+            self._inflate = zlib.decompressobj(_GZIP)
+        data, before = self._pending, self._inflate.copy()
+        try:
+            out = self._inflate.decompress(data, limit)
+        except zlib.error as exc:
+            return self._salvage(before, data, str(exc))
+        left = self._inflate.unconsumed_tail or self._inflate.unused_data
+        self._position += len(data) - len(left)
+        self._pending = left
+        self._in_member = not self._inflate.eof
+        return out
+
+    def _salvage(self, inflate, data: bytes, message: str) -> bytes:
+        """Re-decode the failing input one byte at a time, to return all that precedes the damage."""
+        out = bytearray()
+        at = len(data)
+        for i in range(len(data)):
+            try:
+                out += inflate.decompress(data[i : i + 1])
+            except zlib.error:
+                at = i
+                break
+        self._position += at
+        self._fail(f"corrupt_gzip: {message}", len(data) - at)
+        return bytes(out)
+
+    def _fail(self, reason: str, unread_in_buffer: int) -> None:
+        unread = unread_in_buffer
+        while chunk := self._raw.read(8 << 20):
+            unread += len(chunk)
+        self._error = UnreadableStream(f"{reason}, at compressed byte {self._position}", unread)
+        self._pending = b""
+
+
+def iter_blocks(stream: BinaryIO | GzipStream, block_bytes: int = 4 << 20) -> Iterator[Block | Corrupt]:
     """Blocks of about ``block_bytes`` of whole documents, then at most one ``Corrupt``."""
     pending = b""
     offset = 0  # file offset of pending[0]
     eof = False
+    damage: UnreadableStream | None = None
     while not eof:
-        data = stream.read(block_bytes)
+        try:
+            data = stream.read(block_bytes)
+        except UnreadableStream as exc:
+            data, damage = b"", exc
         eof = not data
         buf = pending + data if pending else data
         pos, count = 0, 0
@@ -63,7 +165,9 @@ def iter_blocks(stream: BinaryIO, block_bytes: int = 4 << 20) -> Iterator[Block 
         yield from _flush(buf, pos, count, offset)
         offset += pos
         pending = buf[pos:]
-    if pending:
+    if damage is not None:
+        yield Corrupt(offset, damage.reason, pending[:512], len(pending) + damage.unread_bytes)
+    elif pending:
         yield Corrupt(offset, "torn_document", pending[:512], len(pending))
 
 
@@ -72,10 +176,13 @@ def _flush(buf: bytes, pos: int, count: int, offset: int) -> Iterator[Block]:
         yield Block(offset, buf[:pos], count)
 
 
-def _corrupt(stream: BinaryIO, buf: bytes, pos: int, offset: int, reason: str) -> Corrupt:
+def _corrupt(stream: BinaryIO | GzipStream, buf: bytes, pos: int, offset: int, reason: str) -> Corrupt:
     rest = len(buf) - pos
-    while chunk := stream.read(8 << 20):
-        rest += len(chunk)
+    try:
+        while chunk := stream.read(8 << 20):
+            rest += len(chunk)
+    except UnreadableStream as exc:
+        rest += exc.unread_bytes
     return Corrupt(offset + pos, reason, buf[pos : pos + 512], rest)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from ti_pipeline import schema
 from ti_pipeline.accounting import Accounting
 from ti_pipeline.failpoints import failpoint
 from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.sage.bson_stream import GzipStream
 from ti_pipeline.sage.pipeline import process_stream
+from ti_pipeline.sage.rules import RuleContext
+from ti_pipeline.values import ImportPolicy
 from ti_pipeline.warehouse import MergeRule, Warehouse
 
 TABLES = {t.name: t for t in schema.metadata.sorted_tables}
@@ -26,6 +29,14 @@ MERGE_RULES = {
 MIX_OF = {"file_rep": "ioc_file_hashes", "domain_classification": "ioc_domains"}
 
 
+def rule_context(policy: ImportPolicy | None = None, now: datetime | None = None) -> RuleContext:
+    """The context of one load: ``policy`` (default: the production import set) and ``now`` (UTC)."""
+    return RuleContext(
+        policy=policy if policy is not None else ImportPolicy.parse(None),
+        now=now if now is not None else datetime.now(UTC).replace(tzinfo=None),
+    )
+
+
 def load_dump_file(
     store: ObjectStore,
     name: str,
@@ -33,6 +44,7 @@ def load_dump_file(
     warehouse: Warehouse,
     *,
     quarantine_key: tuple[str, str],
+    ctx: RuleContext | None = None,
     workers: int = 0,
     block_bytes: int = 4 << 20,
     on_progress: Callable[[Accounting, int], None] | None = None,
@@ -42,8 +54,11 @@ def load_dump_file(
     acc = Accounting()
     nbytes = 0
     with store.open_read(name) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
-        for result in process_stream(stream, collection, store.url_of(name), workers=workers, block_bytes=block_bytes):
+        stream = GzipStream(raw) if name.endswith(".gz") else raw
+        results = process_stream(
+            stream, collection, store.url_of(name), ctx or rule_context(), workers=workers, block_bytes=block_bytes
+        )
+        for result in results:
             for table_name, rows in result.rows.items():
                 warehouse.upsert(TABLES[table_name], rows, MERGE_RULES[table_name])
                 failpoint("sage.block_written")

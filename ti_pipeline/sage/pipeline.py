@@ -19,8 +19,8 @@ from bson.codec_options import CodecOptions
 
 from ti_pipeline.accounting import Accounting, QuarantineRecord
 from ti_pipeline.procpool import spawn_pool
-from ti_pipeline.sage.bson_stream import Block, Corrupt, document_offsets, iter_blocks
-from ti_pipeline.sage.rules import RULES, Filtered, Rejected
+from ti_pipeline.sage.bson_stream import Block, Corrupt, GzipStream, document_offsets, iter_blocks
+from ti_pipeline.sage.rules import RULES, Filtered, Rejected, RuleContext
 
 # Documents come back as plain dicts; datetimes stay naive UTC as in the dump.
 _CODEC = CodecOptions(tz_aware=False, unicode_decode_error_handler="replace")
@@ -36,7 +36,7 @@ class BlockResult:
     bytes_read: int = 0
 
 
-def transform_block(collection: str, source: str, offset: int, data: bytes) -> BlockResult:
+def transform_block(collection: str, source: str, offset: int, data: bytes, ctx: RuleContext) -> BlockResult:
     """Decode one block and apply the collection's rule to every document in it."""
     rule = RULES[collection]
     result = BlockResult(bytes_read=len(data))
@@ -54,7 +54,7 @@ def transform_block(collection: str, source: str, offset: int, data: bytes) -> B
             acc.reject("undecodable_document")
         else:
             try:
-                produced = rule(doc)
+                produced = rule(doc, ctx)
             except Filtered as f:
                 acc.filter(f.rule)
                 continue
@@ -86,9 +86,10 @@ def corrupt_result(source: str, corrupt: Corrupt) -> BlockResult:
 
 
 def process_stream(
-    stream: BinaryIO,
+    stream: BinaryIO | GzipStream,
     collection: str,
     source: str,
+    ctx: RuleContext,
     *,
     workers: int = 0,
     block_bytes: int = 4 << 20,
@@ -101,13 +102,13 @@ def process_stream(
             if isinstance(item, Corrupt):
                 yield corrupt_result(source, item)
             else:
-                yield transform_block(collection, source, item.offset, item.data)
+                yield transform_block(collection, source, item.offset, item.data, ctx)
         return
     with spawn_pool(workers) as pool:
         in_flight: deque[Future | BlockResult] = deque()
         for item in blocks:
             if isinstance(item, Block):
-                in_flight.append(pool.submit(transform_block, collection, source, item.offset, item.data))
+                in_flight.append(pool.submit(transform_block, collection, source, item.offset, item.data, ctx))
             else:
                 in_flight.append(corrupt_result(source, item))
             while len(in_flight) >= 2 * workers:
