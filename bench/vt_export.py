@@ -159,8 +159,8 @@ def _parse(parser: str, body: bytes) -> int:
         from ti_pipeline.accounting import Accounting
         from ti_pipeline.vt.records import DECODER, evaluate
 
-        acc = Accounting()
-        return sum(1 for report in DECODER.decode_lines(body) if evaluate(report, acc) is not None)
+        acc, now = Accounting(), datetime.now(UTC).replace(tzinfo=None)
+        return sum(1 for report in DECODER.decode_lines(body) if evaluate(report, acc, now) is not None)
     if parser == "msgspec":
         from ti_pipeline.vt.records import DECODER
 

@@ -48,7 +48,7 @@ def test_lookup_by_sha1_finds_reputation_customer_list_and_actor(warehouse):
 
 def test_cli_lookup_json_and_nothing_found(data_dir, capsys):
     wh = Warehouse(f"sqlite:///{data_dir / 'warehouse.sqlite'}")
-    wh.create_schema()
+    wh.ensure_schema()
     fill(wh)
     wh.dispose()
     assert main(["lookup", "--json", SHA256]) == 0

@@ -75,6 +75,14 @@ def _days_table(summaries: list[DaySummary]) -> str:
     return header + "\n".join(rows)
 
 
+def _not_read(summaries: list[DaySummary], limit: int = 100) -> str:
+    """The objects of the days' folders that are not packages (``.partial``, ``.tmp``, ...), by name."""
+    names = [name for s in summaries for name in s.objects_not_read]
+    listed = "\n".join(f"- `{name}`" for name in names[:limit])
+    more = f"\n- ... and {len(names) - limit:,} more" if len(names) > limit else ""
+    return (listed + more) or "none"
+
+
 @asset(
     name=DATASET,
     group_name=GROUP,
@@ -138,10 +146,10 @@ def vt_file_reports(
                 on_quarantine=lambda records, day=day: wh.add_quarantine(DATASET, day, records),
                 on_package=on_package,
             )
-            if summary.unexpected_objects:
+            if summary.objects_not_read:
                 context.log.warning(
-                    f"{DATASET}[{day}]: {len(summary.unexpected_objects)} object(s) that are not packages were "
-                    f"not read: {', '.join(summary.unexpected_objects[:20])}"
+                    f"{DATASET}[{day}]: {len(summary.objects_not_read)} object(s) whose names are not "
+                    f"{{YYYYMMDD}}T{{HHMM}} packages were not read: {', '.join(summary.objects_not_read[:20])}"
                 )
             context.log.info(f"{DATASET}[{day}]: {summary.accounting.as_dict()}")
             summaries.append(summary)
@@ -154,6 +162,7 @@ def vt_file_reports(
         "feed_uri": feed.uri,
         f"kept_reports_by_scan_hour[{days[-1]}]": MetadataValue.md(bar_chart(hourly_scans(export, days[-1]), "UTC hour", 30)),
         f"sample_rows[{days[-1]}]": MetadataValue.md(sample_table(sample_rows(export, days[-1]))),
+        "objects_not_read_names": MetadataValue.md(_not_read(summaries)),
     }
     yield MaterializeResult(metadata=accounting_metadata(total, extra))
     yield reconcile_check(total)

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from ti_pipeline import schema
 from ti_pipeline.assets.common import accounting_metadata, reconcile_check
 from ti_pipeline.loaders import IncompleteExport, LoaderError, load_day
 from ti_pipeline.partitions import vt_days
@@ -35,7 +36,8 @@ class VtLoadConfig(Config):
     deps=[AssetKey("vt_file_reports"), AssetKey("broccoli_classifications")],
     description=(
         "One exported VT day (vt_file_reports + its broccoli_classifications sidecar) merged into "
-        "ioc_file_hashes: a row changes only for a newer scan_date, SHA1/MD5 tokens outrank the feed. "
+        "ioc_file_hashes: a row changes only for a newer scan_date, SHA256/SHA1/MD5 tokens outrank "
+        "Broccoli's classification, and only classifications TI_IMPORT_CLASSIFICATIONS admits enter. "
         "Feeder 2 of 2 of this table; sage_dump/ioc_file_hashes (the 2020 dump baseline) is feeder 1."
     ),
     check_specs=[
@@ -54,6 +56,10 @@ def vt_ioc_file_hashes(
     loader: LoaderResource,
 ):
     day = context.partition_key
+    try:
+        policy = warehouse.import_policy()
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
     wh = warehouse.get()
     settings = loader.load_settings(config.loader)
     wh.clear_quarantine(QUARANTINE_NAME, day)
@@ -65,6 +71,7 @@ def vt_ioc_file_hashes(
             settings,
             log=context.log,
             quarantine=lambda records: wh.add_quarantine(QUARANTINE_NAME, day, records),
+            policy=policy,
         )
     except (IncompleteExport, LoaderError) as exc:
         raise Failure(str(exc)) from exc
@@ -72,6 +79,7 @@ def vt_ioc_file_hashes(
     extra = {
         "day": day,
         "loader": settings.loader,
+        "import_policy": ",".join(c for c in schema.FILE_CLASSIFICATIONS if policy.admits(c)),
         "export_generation": MetadataValue.int(result.reports.manifest_generation),
         "sidecar_generation": MetadataValue.int(result.sidecar.manifest_generation),
         "parts": MetadataValue.int(len(result.reports.parts)),

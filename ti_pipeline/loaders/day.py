@@ -1,5 +1,10 @@
 """Load one export day: check it is complete, stage it with the chosen loader, merge, verify.
 
+The import policy (``values.ImportPolicy``, from ``TI_IMPORT_CLASSIFICATIONS``) is an argument of
+the load: the merge leaves out every staged row whose final classification it does not admit, and
+the accounting counts them as filtered ``classification_not_imported`` (by classification in the
+figures ``not_imported.<X>``), so read = written + filtered + rejected on every loader.
+
 A killed run leaves at most a staging table behind (re-created by the next run) and merged chunks
 that re-apply identically, so re-running any day, at any point, ends in the same table.
 """
@@ -16,7 +21,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from ti_pipeline import keys, schema
+from ti_pipeline import keys, schema, values
 from ti_pipeline.accounting import Accounting, QuarantineRecord
 from ti_pipeline.failpoints import failpoint
 from ti_pipeline.loaders.base import (
@@ -31,15 +36,18 @@ from ti_pipeline.loaders.base import (
 from ti_pipeline.loaders.exports_reader import DayExport, check_parts, require_day_export
 from ti_pipeline.loaders.import_into import ImportIntoStager
 from ti_pipeline.loaders.lightning import LightningStager
-from ti_pipeline.loaders.merge import MergePlan, key_ranges, merge_range
+from ti_pipeline.loaders.merge import OUTCOMES, MergePlan, key_ranges, merge_range
 from ti_pipeline.loaders.sql import SqlStager
 from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.values import ImportPolicy
 from ti_pipeline.warehouse import Warehouse
 
 REPORTS_DATASET = "vt_file_reports"
 SIDECAR_DATASET = "broccoli_classifications"
 # Accounting names: why a staged report row was not written.
 KEPT_OLDER = "newer_scan_already_stored"
+# The upstream's production set, when the caller names no policy.
+DEFAULT_POLICY = ImportPolicy(values.PRODUCTION_CLASSIFICATIONS)
 
 
 @dataclass
@@ -80,10 +88,13 @@ def load_day(
     log: logging.Logger,
     quarantine: Callable[[Sequence[QuarantineRecord]], None],
     on_event: EventHook | None = None,
+    policy: ImportPolicy = DEFAULT_POLICY,
 ) -> DayLoad:
     day = keys.day(day)
     with day_lock(warehouse, day):
-        return _load_day(warehouse, store, day, settings, log=log, quarantine=quarantine, on_event=on_event)
+        return _load_day(
+            warehouse, store, day, settings, log=log, quarantine=quarantine, on_event=on_event, policy=policy
+        )
 
 
 @contextmanager
@@ -120,6 +131,7 @@ def _load_day(
     log: logging.Logger,
     quarantine: Callable[[Sequence[QuarantineRecord]], None],
     on_event: EventHook | None,
+    policy: ImportPolicy,
 ) -> DayLoad:
     reports = require_day_export(store, REPORTS_DATASET, day)
     sidecar = require_day_export(store, SIDECAR_DATASET, day)
@@ -148,23 +160,27 @@ def _load_day(
     acc.figures["staged_rows"] = staged
     acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
 
-    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect)
+    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect, tuple(policy.classifications))
     started = time.monotonic()
     outcomes = merge_staged(warehouse, plan, settings, log, acc, on_event)
     merge_seconds = time.monotonic() - started
     acc.written = outcomes["inserted"] + outcomes["updated"] + outcomes["reapplied"]
     acc.filter(KEPT_OLDER, outcomes["kept_older"])
+    not_imported = outcomes[values.FILTER_CLASSIFICATION_NOT_IMPORTED]
+    acc.filter(values.FILTER_CLASSIFICATION_NOT_IMPORTED, not_imported)
     with warehouse.engine.connect() as conn:
         missing = conn.execute(plan.missing_statement()).scalar_one()
         outcomes["token_rows"] = conn.execute(plan.token_rows_statement()).scalar_one()
-    for name in ("inserted", "updated", "reapplied", "kept_older", "token_rows"):
+    for name in (*OUTCOMES, "token_rows"):
         acc.figures[name] = outcomes[name]
+    acc.figures.update({k: v for k, v in outcomes.items() if k.startswith(("classification.", "not_imported."))})
     drop(warehouse, reports_table, sidecar_table)
     acc.figures["staging_ms"] = round(staging_seconds * 1000)
     acc.figures["merge_ms"] = round(merge_seconds * 1000)
     log.info(
         f"{day}: read {acc.read:,}, inserted {outcomes['inserted']:,}, updated {outcomes['updated']:,}, "
-        f"reapplied {outcomes['reapplied']:,}, kept older {outcomes['kept_older']:,}, rejected {acc.rejected_total:,} "
+        f"reapplied {outcomes['reapplied']:,}, kept older {outcomes['kept_older']:,}, "
+        f"not imported {not_imported:,} (policy {','.join(plan.admitted) or 'none'}), rejected {acc.rejected_total:,} "
         f"(staging {staging_seconds:.1f}s, merge {merge_seconds:.1f}s)"
     )
     return DayLoad(acc, reports, sidecar, staged, missing)
@@ -193,7 +209,8 @@ def merge_staged(
         failpoint("load.merge_chunk")
         totals.update(outcome["counts"])
         acc.figures["merge_chunks"] += 1
-        log.info(f"merged key range {index + 1}/{len(ranges)}: {sum(totals.values()):,} staged rows so far")
+        merged = sum(totals[name] for name in (*OUTCOMES, values.FILTER_CLASSIFICATION_NOT_IMPORTED))
+        log.info(f"merged key range {index + 1}/{len(ranges)}: {merged:,} staged rows so far")
         if on_event is not None:
             on_event("merged_chunk", index)
     return totals

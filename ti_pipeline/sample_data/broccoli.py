@@ -1,8 +1,10 @@
 """Broccoli objects (``{TI_BROCCOLI_URI}/{sha1}``) for most sample files, quirks included.
 
 About 85% of the given SHA1s get an object, so the rest are the 404s of real life. Labels follow
-Broccoli's vocabulary, with a few the mapping does not know (counted as UNKNOWN), one object that is
-not JSON and one without a ``classification`` field (both rejected lookups). Same seed, same bytes.
+Broccoli's vocabulary (the same model as the dump's ML verdict): mostly threat classes, with
+``whitelist``, ``indifferent``/``clean`` and ``unknown`` verdicts that the default import policy keeps
+out of ``ioc_file_hashes``, a few labels the mapping does not know (counted as UNKNOWN), one object
+that is not JSON and one without a ``classification`` field (both rejected lookups). Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ LABELS = [
     ("hacktool", 6),
     ("maltool", 3),
     ("suspicious", 8),
-    ("clean", 10),
+    ("whitelist", 6),
+    ("indifferent", 6),
+    ("clean", 4),
     ("unknown", 5),
     ("coinminer", 3),  # not in the mapping: UNKNOWN, counted by name
 ]

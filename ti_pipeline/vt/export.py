@@ -1,7 +1,9 @@
 """One day of VT feed packages → the deduplicated ``vt_file_reports`` Parquet partition.
 
 Flow, with memory bounded at every step:
-1. list the day's packages ``{YYYYMMDD}/{YYYYMMDD}T{HHMM}`` (missing minutes are counted, not errors);
+1. list the day's packages ``{YYYYMMDD}/{YYYYMMDD}T{HHMM}``, exactly that name (missing minutes are
+   counted, not errors; an object whose name only looks like one, ``T0023.partial``, ``T0023.tmp``,
+   ``T0023~``, is an upload in progress or a leftover: listed as not read, never parsed);
 2. a process pool decompresses and parses one package per task and returns kept rows as Arrow batches
    already split by sha256 prefix; at most ``2 x workers`` packages are in flight;
 3. the parent appends each batch to its prefix bucket, an Arrow IPC file on local disk (the spill);
@@ -30,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,7 +83,7 @@ class DaySummary:
     accounting: Accounting = field(default_factory=Accounting)
     parts: list[dict] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)  # package name -> reason
-    unexpected_objects: list[str] = field(default_factory=list)
+    objects_not_read: list[str] = field(default_factory=list)  # in the day's folder, not packages
     worker_peak_rss_kib: int = 0
     spill_buckets: int = 0
 
@@ -95,14 +97,14 @@ def day_folder(day: date) -> str:
 
 
 def list_packages(feed: ObjectStore, day: date) -> tuple[list[ObjectInfo], list[str]]:
-    """The day's packages in name order, and the other objects under its folder (not read)."""
+    """The day's packages (exactly ``{YYYYMMDD}T{HHMM}``) in name order, and the other objects under its folder."""
     folder = day_folder(day)
-    pattern = re.compile(rf"{folder}/{folder}T([01]\d|2[0-3])[0-5]\d(\.[A-Za-z0-9.]+)?")
-    packages, unexpected = [], []
+    pattern = re.compile(rf"{folder}/{folder}T([01][0-9]|2[0-3])[0-5][0-9]")
+    packages, others = [], []
     for info in feed.list(f"{folder}/"):
-        (packages if pattern.fullmatch(info.name) else unexpected).append(info)
+        (packages if pattern.fullmatch(info.name) else others).append(info)
     packages.sort(key=lambda i: i.name)
-    return packages, sorted(i.name for i in unexpected)
+    return packages, sorted(i.name for i in others)
 
 
 def bucket_count(packages: Iterable[ObjectInfo], requested: int = 0) -> int:
@@ -117,7 +119,7 @@ def _store(uri: str) -> ObjectStore:
     return open_store(uri)
 
 
-def process_package(feed_uri: str, name: str, buckets: int) -> PackageResult:
+def process_package(feed_uri: str, name: str, buckets: int, now: datetime) -> PackageResult:
     """Worker task: one package from the feed store; read failures retried, then raised naming the object."""
     store = _store(feed_uri)
     for attempt in range(READ_ATTEMPTS):
@@ -127,7 +129,7 @@ def process_package(feed_uri: str, name: str, buckets: int) -> PackageResult:
             except Exception as exc:
                 raise SourceError(f"{type(exc).__name__}: {exc}") from exc
             with raw:
-                result = read_package(raw, name, store.url_of(name), buckets)
+                result = read_package(raw, name, store.url_of(name), buckets, now)
             failpoint("vt_export.package_decompressed")
             return result
         except SourceError as exc:
@@ -291,19 +293,25 @@ def export_day(
     options: ExportOptions = ExportOptions(),
     on_quarantine: Callable[[list[QuarantineRecord]], None] = lambda records: None,
     on_package: Callable[[PackageResult], None] = lambda result: None,
+    now: datetime | None = None,
 ) -> DaySummary:
-    """Build one day's partition (see module doc); returns its accounting and figures."""
+    """Build one day's partition (see module doc); returns its accounting and figures.
+
+    ``now`` is the run's clock (naive UTC, default the current time): a scan dated more than a day
+    after it is rejected, since it would win "newest scan" forever.
+    """
     day = keys.day(day)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     summary = DaySummary(day)
     acc = summary.accounting
     export.delete(success_name(DATASET, day))
-    packages, summary.unexpected_objects = list_packages(feed, day)
+    packages, summary.objects_not_read = list_packages(feed, day)
     buckets = summary.spill_buckets = bucket_count(packages, options.spill_buckets)
     minutes = {p.name.split("T", 1)[1][:4] for p in packages}
     kept_rows = 0
     with tempfile.TemporaryDirectory(prefix="vt-export-", dir=options.spill_dir) as tmp:
         spill = _Spill(Path(tmp), buckets)
-        tasks = ((feed.uri, p.name, buckets) for p in packages)
+        tasks = ((feed.uri, p.name, buckets, now) for p in packages)
         for result in pool.run(tasks):
             acc.merge(result.accounting)
             acc.figures[f"packages_{result.format}"] += 1
@@ -331,7 +339,7 @@ def export_day(
             "packages_corrupt": len(summary.corrupt),
             "duplicates_collapsed": kept_rows - acc.written,
             "parts": len(summary.parts),
-            "unexpected_objects": len(summary.unexpected_objects),
+            "objects_not_read": len(summary.objects_not_read),
         }
     )
     _publish(export, summary)
@@ -347,6 +355,7 @@ def _publish(export: ObjectStore, summary: DaySummary) -> None:
         "rows": summary.accounting.written,
         "accounting": summary.accounting.as_dict(),
         "corrupt_packages": summary.corrupt,
+        "objects_not_read": summary.objects_not_read,
     }
     success = success_name(DATASET, summary.day)
     export.write_bytes(success, json.dumps(manifest, indent=2, sort_keys=True).encode())

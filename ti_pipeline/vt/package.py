@@ -1,19 +1,28 @@
 """One VT feed package → kept reports as Arrow batches, with its accounting and quarantine.
 
 A package is bzip2: v2 packages hold a tar with one NDJSON member, v3 packages are NDJSON directly
-(told apart by the first decompressed block, a tar header or not). Decompression streams in
+(told apart by the first decompressed block: a tar header, else text). Any text is read as NDJSON,
+whatever its first line holds (an array, a scalar, garbage): each bad line is one rejected record and
+the rest of the package still reads; only binary data that is not a tar is a corrupt package.
+Decompression streams in
 ``CHUNK_BYTES`` pieces and tar headers are read in place (no ``tarfile`` stream copies), so a worker's
 memory depends on the chunk size and on the package's kept rows, never on the day. Kept rows leave
 the worker as Arrow batches already split into the day's sha256-prefix spill buckets.
+
+The decompressed stream is only ever read with ``read1``: ``BZ2File.read(n)`` gathers several pieces
+and, when the data ends early, raises and drops what it had gathered, so a truncated package would
+lose up to ``n`` bytes of complete lines before the damage; ``read1`` hands each piece over first.
 """
 
 from __future__ import annotations
 
 import bz2
+import re
 import resource
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import BinaryIO
 
 import numpy as np
@@ -28,6 +37,8 @@ CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 64 << 20
 EXCERPT_BYTES = 512
 _BLOCK = tarfile.BLOCKSIZE
+# Bytes that never occur in NDJSON (JSON escapes control characters; its whitespace is \t \n \r and space).
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class CorruptPackage(Exception):
@@ -109,9 +120,9 @@ def split_by_bucket(batch: pa.RecordBatch, buckets: int) -> list[tuple[int, pa.R
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:
-    data = stream.read(size)
+    data = stream.read1(size)
     while len(data) < size:
-        more = stream.read(size - len(data))
+        more = stream.read1(size - len(data))
         if not more:
             break
         data += more
@@ -147,7 +158,7 @@ def _tar_members(stream: BinaryIO, first_block: bytes) -> Iterator[tuple[str, It
 
 def _limited(stream: BinaryIO, remaining: list[int]) -> Iterator[bytes]:
     while remaining[0] > 0:
-        data = stream.read(min(CHUNK_BYTES, remaining[0]))
+        data = stream.read1(min(CHUNK_BYTES, remaining[0]))
         if not data:
             raise CorruptPackage(f"tar: member truncated, {remaining[0]} bytes missing")
         remaining[0] -= len(data)
@@ -156,7 +167,7 @@ def _limited(stream: BinaryIO, remaining: list[int]) -> Iterator[bytes]:
 
 def _skip(stream: BinaryIO, size: int) -> None:
     while size > 0:
-        data = stream.read(min(CHUNK_BYTES, size))
+        data = stream.read1(min(CHUNK_BYTES, size))
         if not data:
             raise CorruptPackage("tar: truncated")
         size -= len(data)
@@ -165,15 +176,15 @@ def _skip(stream: BinaryIO, size: int) -> None:
 def _chunks(stream: BinaryIO, first: bytes) -> Iterator[bytes]:
     if first:
         yield first
-    while data := stream.read(CHUNK_BYTES):
+    while data := stream.read1(CHUNK_BYTES):
         yield data
 
 
 class _LineParser:
     """Decodes blocks of whole lines and applies the rules; keeps line offsets only for rejects."""
 
-    def __init__(self, source: str, acc: Accounting, quarantine: list[QuarantineRecord], kept: list):
-        self.source, self.acc, self.quarantine, self.kept = source, acc, quarantine, kept
+    def __init__(self, source: str, acc: Accounting, quarantine: list[QuarantineRecord], kept: list, now: datetime):
+        self.source, self.acc, self.quarantine, self.kept, self.now = source, acc, quarantine, kept, now
         self.decoded = 0  # bytes of lines handed to the decoder
 
     def feed(self, chunks: Iterator[bytes]) -> None:
@@ -215,7 +226,7 @@ class _LineParser:
     def _apply(self, report: records.Report, line: Callable[[], tuple[int, bytes]], offset: int) -> None:
         acc = self.acc
         acc.read += 1
-        verdict = records.evaluate(report, acc)
+        verdict = records.evaluate(report, acc, self.now)
         if type(verdict) is records.Kept:
             self.kept.append(verdict)
             return
@@ -263,17 +274,19 @@ class _LineParser:
         self.quarantine.append(QuarantineRecord(self.source, text[:255], offset, raw[:EXCERPT_BYTES].hex()))
 
 
-def read_package(raw: BinaryIO, name: str, source: str, buckets: int) -> PackageResult:
+def read_package(raw: BinaryIO, name: str, source: str, buckets: int, now: datetime) -> PackageResult:
     """Decompress, parse and filter one package; a corrupt package keeps the rows read before the damage.
 
-    ``name`` is the object name (the ``source_package`` column), ``source`` its URL (quarantine rows).
-    The unreadable remainder of a corrupt package counts as one rejected record (``corrupt_package``)
+    ``name`` is the object name (the ``source_package`` column), ``source`` its URL (quarantine rows),
+    ``now`` the run's clock (naive UTC) that scan dates may not lie more than a day after.
+    A truncated package keeps every complete line of the bzip2 blocks it holds whole; the unreadable
+    remainder (the torn line and what followed) counts as one rejected record (``corrupt_package``)
     so the balance still holds, and is quarantined with the decompressed offset where it broke.
     """
     result = PackageResult(name=name, format="unknown")
     counting = _CountingReader(raw)
     kept: list[records.Kept] = []
-    parser = _LineParser(source, result.accounting, result.quarantine, kept)
+    parser = _LineParser(source, result.accounting, result.quarantine, kept, now)
     stream = bz2.BZ2File(counting)
     try:
         head = _read_exact(stream, _BLOCK)
@@ -281,7 +294,7 @@ def read_package(raw: BinaryIO, name: str, source: str, buckets: int) -> Package
             result.format = "v2"
             for _member, chunks in _tar_members(stream, head):
                 parser.feed(chunks)
-        elif head.lstrip()[:1] in (b"{", b""):
+        elif not _BINARY.search(head):
             result.format = "v3"
             parser.feed(_chunks(stream, head))
         else:

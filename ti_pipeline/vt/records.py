@@ -5,19 +5,27 @@ One msgspec ``Struct`` covers both feed shapes: the v2 "allinfo" report (``sha25
 Only the fields the export needs are declared; msgspec skips the rest of each line without building
 it, which is what keeps parsing ~10x cheaper than the bz2 decompression in front of it
 (``bench/vt_export.py`` measures msgspec against orjson and ``json.loads`` on the same lines).
+
+Values become columns through ``ti_pipeline.values``, the rules the Sage dump uses too: numbers are
+decoded as whatever JSON type they arrive in and read by ``values.as_int``, hashes by
+``values.digest_bytes``, the v2 ``scan_date`` by ``values.parse_scan_date`` and detection lists by
+``values.detection_names``. A value no column can hold is one rejected line, never a failed day.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
 
+from ti_pipeline import values
 from ti_pipeline.accounting import Accounting
 
-# Named rules (filtered) and reasons (rejected), as they appear in the accounting.
+# Named rules (filtered) and reasons (rejected), as they appear in the accounting. Reasons of a
+# value (``invalid_number:positives``, ``out_of_range:scan_date``, ``in_future:scan_date``,
+# ``value_too_long:detection_names`` ...) come from ``ti_pipeline.values``.
 FILTER_NOT_FOUND = "not_found"  # v2 response_code 0: VT had no report for the hash
 FILTER_POSITIVES_ZERO = "positives_zero"
 FILTER_SUPERSEDED = "superseded_by_newer_scan"  # dedup: a newer scan of the same sha256 that day
@@ -31,6 +39,12 @@ REJECT_INVALID_SCAN_DATE = "invalid_scan_date"
 REJECT_LINE_TOO_LONG = "line_too_long"
 REJECT_CORRUPT_PACKAGE = "corrupt_package"
 
+# A number as any JSON type: ``values.as_int`` decides what it means (as on the dump path).
+Number = bool | int | float | str | None
+# v3 categories of an engine that gave a verdict: what ``total`` counts (not timeouts or unsupported types).
+VERDICT_CATEGORIES = frozenset({"malicious", "suspicious", "undetected", "harmless"})
+TARGET_TABLE = "ioc_file_hashes"
+
 
 class V2Scan(msgspec.Struct):
     detected: bool | None = None
@@ -38,7 +52,7 @@ class V2Scan(msgspec.Struct):
 
 
 class V3Stats(msgspec.Struct):
-    malicious: int | None = None
+    malicious: Number = None
 
 
 class V3Result(msgspec.Struct):
@@ -51,7 +65,7 @@ class V3Attributes(msgspec.Struct):
     sha1: str | None = None
     md5: str | None = None
     last_analysis_stats: V3Stats | None = None
-    # Decoded only for a kept report (see ``_engines``): most lines are filtered before they need it.
+    # Decoded only for a kept report: most lines are filtered before they need it.
     last_analysis_results: msgspec.Raw = msgspec.Raw()
     last_analysis_date: int | None = None
 
@@ -64,9 +78,9 @@ class Report(msgspec.Struct):
     sha256: str | None = None
     sha1: str | None = None
     md5: str | None = None
-    positives: int | None = None
-    total: int | None = None
-    scan_date: datetime | None = None
+    positives: Number = None
+    total: Number = None
+    scan_date: str | None = None  # parsed only for a kept report
     scans: msgspec.Raw = msgspec.Raw()  # decoded only for a kept report; empty when absent
     # v3 file object
     id: str | None = None
@@ -74,7 +88,7 @@ class Report(msgspec.Struct):
     attributes: V3Attributes | None = None
 
 
-# strict=False: numbers written as 14.0 or "14" (seen in old records) still decode as ints.
+# strict=False: the other fields (response_code, v3 epoch seconds) still accept "1" or 1.0.
 DECODER = msgspec.json.Decoder(Report, strict=False)
 DecodeError = msgspec.DecodeError
 ValidationError = msgspec.ValidationError
@@ -83,12 +97,15 @@ _V3_RESULTS = msgspec.json.Decoder(dict[str, V3Result] | None, strict=False)
 
 _EPOCH = datetime(1970, 1, 1)
 _ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1) - _EPOCH
-_HEX = re.compile(rb"[0-9a-f]*")
 _ERROR_PATH = re.compile(r"at `\$(?:\[\d+\])?((?:\.\w+)*)`")
 _FIELD_REASONS = {
     "sha256": REJECT_INVALID_SHA256,
     "scan_date": REJECT_INVALID_SCAN_DATE,
     "last_analysis_date": REJECT_INVALID_SCAN_DATE,
+    # A number that is not even a scalar (a list, an object, 1e400): what values.as_int says of it.
+    "positives": "invalid_number:positives",
+    "malicious": "invalid_number:positives",
+    "total": "invalid_number:total",
 }
 
 
@@ -112,103 +129,110 @@ def validation_reason(error: msgspec.ValidationError) -> str:
     return _FIELD_REASONS.get(match.group(1).rsplit(".", 1)[-1], REJECT_INVALID_FIELD_TYPE)
 
 
-def digest(value: str | None, length: int) -> bytes | None:
-    """Raw bytes of a hex digest of ``length`` hex characters (any case), or None when it is not one."""
-    if value is None or len(value) != length:
-        return None
-    raw = value.lower().encode("ascii", "replace")
-    if not _HEX.fullmatch(raw):
-        return None
-    return bytes.fromhex(value)
+def _int(value: Number, field: str) -> int | None:
+    """``values.int32``, with the JSON integer that nearly every line holds checked inline."""
+    if type(value) is int and values.INT32_MIN <= value <= values.INT32_MAX:
+        return value
+    return values.int32(value, field)
 
 
 def _timestamp_us(value: datetime) -> int:
-    """Microseconds since the epoch; a naive time (the v2 ``scan_date``) is UTC."""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+    """Microseconds since the epoch of a naive UTC datetime."""
     return (value - _EPOCH) // _ONE_US
 
 
-def evaluate(report: Report, acc: Accounting) -> Kept | tuple[str, str]:
+def evaluate(report: Report, acc: Accounting, now: datetime) -> Kept | tuple[str, str]:
     """The export's rules for one decoded report: a ``Kept`` row, or (``filtered``|``rejected``, name).
 
-    Order: VT's "not found" answer, shape, then sha256 (a report without a valid sha256 is an error whatever its positives),
-    then the filters, then the scan date (only needed for a report that is kept). An invalid sha1 or
-    md5 does not lose the report: the column is left empty and counted in ``acc.figures``.
+    Order: VT's "not found" answer, shape, then sha256 (a report without a valid sha256 is an error
+    whatever its positives), then the filters; the rest (ranges, scan date, detections) is read only
+    for a report that is kept. ``now`` is the run's clock (naive UTC): a scan more than a day after it
+    is rejected. An invalid sha1 or md5 does not lose the report: the column is left empty and
+    counted in ``acc.figures``.
     """
     attributes = report.attributes
     if attributes is not None:
         if report.type not in (None, "file"):
             return ("rejected", REJECT_UNKNOWN_SHAPE)
-        return _evaluate_v3(report, attributes, acc)
+        return _evaluate_v3(report, attributes, acc, now)
     if report.response_code == 0:
         return ("filtered", FILTER_NOT_FOUND)
     if report.sha256 is None and not report.scans and report.positives is None:
         return ("rejected", REJECT_MISSING_SHA256 if report.response_code is not None else REJECT_UNKNOWN_SHAPE)
     if report.sha256 is None:
         return ("rejected", REJECT_MISSING_SHA256)
-    sha256 = digest(report.sha256, 64)
+    sha256 = values.digest_bytes(report.sha256, "sha256")
     if sha256 is None:
         return ("rejected", REJECT_INVALID_SHA256)
-    positives = report.positives or 0
-    if positives <= 0:
-        return ("filtered", FILTER_POSITIVES_ZERO)
-    if report.scan_date is None:
+    try:
+        positives = _int(report.positives, "positives")
+        if not positives or positives < 0:
+            return ("filtered", FILTER_POSITIVES_ZERO)
+        total = _int(report.total, "total")
+        scan_date = values.parse_scan_date(report.scan_date, now)
+    except values.InvalidValue as exc:
+        return ("rejected", exc.reason)
+    if scan_date is None:
         return ("rejected", REJECT_MISSING_SCAN_DATE)
     try:
         scans = (_V2_SCANS.decode(report.scans) if report.scans else None) or {}
     except (msgspec.ValidationError, msgspec.DecodeError):
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
-    names = ";".join(
-        f"{engine}:{scan.result}" if scan.result else engine for engine, scan in scans.items() if scan.detected
-    )
-    return Kept(
-        sha256,
-        _optional_digest(report.sha1, 40, "sha1", acc),
-        _optional_digest(report.md5, 32, "md5", acc),
-        positives,
-        report.total,
-        _timestamp_us(report.scan_date),
-        names or None,
-    )
+    names = values.detection_names([(engine, scan.result) for engine, scan in scans.items() if scan.detected])
+    return _kept(sha256, report.sha1, report.md5, positives, total, scan_date, names, acc)
 
 
-def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting) -> Kept | tuple[str, str]:
+def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, now: datetime) -> Kept | tuple[str, str]:
     text = attributes.sha256 if attributes.sha256 is not None else report.id
     if text is None:
         return ("rejected", REJECT_MISSING_SHA256)
-    sha256 = digest(text, 64)
+    sha256 = values.digest_bytes(text, "sha256")
     if sha256 is None:
         return ("rejected", REJECT_INVALID_SHA256)
     stats = attributes.last_analysis_stats
-    positives = (stats.malicious if stats is not None else None) or 0
-    if positives <= 0:
-        return ("filtered", FILTER_POSITIVES_ZERO)
-    if attributes.last_analysis_date is None:
-        return ("rejected", REJECT_MISSING_SCAN_DATE)
+    try:
+        positives = _int(stats.malicious, "positives") if stats is not None else None
+        if not positives or positives < 0:
+            return ("filtered", FILTER_POSITIVES_ZERO)
+        if attributes.last_analysis_date is None:
+            return ("rejected", REJECT_MISSING_SCAN_DATE)
+        scan_date = values.from_epoch_seconds(attributes.last_analysis_date, "scan_date", now)
+    except values.InvalidValue as exc:
+        return ("rejected", exc.reason)
     try:
         raw = attributes.last_analysis_results
         results = (_V3_RESULTS.decode(raw) if raw else None) or {}
     except (msgspec.ValidationError, msgspec.DecodeError):
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
-    names = ";".join(
-        f"{engine}:{r.result}" if r.result else engine for engine, r in results.items() if r.category == "malicious"
-    )
+    total = sum(1 for r in results.values() if r.category in VERDICT_CATEGORIES)
+    names = values.detection_names([(engine, r.result) for engine, r in results.items() if r.category == "malicious"])
+    return _kept(sha256, attributes.sha1, attributes.md5, positives, total or None, scan_date, names, acc)
+
+
+def _kept(
+    sha256: bytes, sha1: str | None, md5: str | None, positives: int, total: int | None,
+    scan_date: datetime, names: str | None, acc: Accounting,
+) -> Kept | tuple[str, str]:
+    if names is not None:
+        try:
+            values.check_lengths(TARGET_TABLE, {"detection_names": names})
+        except values.InvalidValue as exc:
+            return ("rejected", exc.reason)
     return Kept(
         sha256,
-        _optional_digest(attributes.sha1, 40, "sha1", acc),
-        _optional_digest(attributes.md5, 32, "md5", acc),
+        _optional_digest(sha1, "sha1", acc),
+        _optional_digest(md5, "md5", acc),
         positives,
-        len(results) if results else None,
-        attributes.last_analysis_date * 1_000_000,
-        names or None,
+        total,
+        _timestamp_us(scan_date),
+        names,
     )
 
 
-def _optional_digest(value: str | None, length: int, kind: str, acc: Accounting) -> bytes | None:
+def _optional_digest(value: str | None, kind: str, acc: Accounting) -> bytes | None:
     if value is None:
         return None
-    raw = digest(value, length)
+    raw = values.digest_bytes(value, kind)
     if raw is None:
         acc.figures[f"invalid_{kind}_left_empty"] += 1
     return raw

@@ -41,7 +41,7 @@ def quarantine_reasons(warehouse_url: str, day: str) -> list[str]:
         rows = conn.execute(
             sa.select(q.c.reason).where(q.c.asset == "vt_file_reports", q.c.partition_key == day).order_by(q.c.id)
         )
-        reasons = [r.reason.split(":")[0] for r in rows]
+        reasons = [r.reason.split(": ")[0] for r in rows]
     engine.dispose()
     return reasons
 
@@ -58,12 +58,13 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     assert meta["written"] == manifest["rows"] == meta["dagster/row_count"] > 0
     assert meta["read"] == meta["written"] + meta["filtered"] + meta["rejected"]
     assert (meta["packages_found"], meta["packages_missing"], meta["packages_corrupt"]) == (4, 1436, 1)
-    assert (meta["rejected.corrupt_package"], meta["rejected.malformed_json"], meta["filtered.not_found"]) == (1, 2, 1)
+    assert (meta["rejected.corrupt_package"], meta["rejected.malformed_json"], meta["filtered.not_found"]) == (1, 2, 2)
     hourly = meta["kept_reports_by_scan_hour[2020-11-02]"]
     assert sum(int(line.split("|")[2].replace(",", "")) for line in hourly.splitlines()[2:]) == manifest["rows"]
     first = pq.read_table(tmp_path / "export" / manifest["parts"][0]["name"]).slice(0, 1).to_pylist()[0]
     assert first["sha256"].hex() in meta["sample_rows[2020-11-02]"]
     assert meta["unaccounted"] == 0
+    assert (meta["objects_not_read"], meta["objects_not_read_names"]) == (0, "none")
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["counts_reconcile"].passed
     corrupt = checks["packages_corrupt"]
@@ -72,15 +73,32 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
         "malformed_json",
         "missing_sha256",
         "invalid_sha256",
-        "invalid_field_type",
+        "invalid_number:positives",
+        "out_of_range:positives",
+        "in_future:scan_date",
         "malformed_json",
         "corrupt_package",
+        "out_of_range:scan_date",
     ]
 
     again = run(tmp_path, warehouse_url, partition_key="2020-11-02", config={"max_corrupt_share": 0.5})
     corrupt = {c.check_name: c for c in again.get_asset_check_evaluations()}["packages_corrupt"]
     assert (corrupt.passed, corrupt.severity) == (False, AssetCheckSeverity.WARN)
-    assert len(quarantine_reasons(warehouse_url, "2020-11-02")) == 6  # replaced, not appended
+    assert len(quarantine_reasons(warehouse_url, "2020-11-02")) == 9  # replaced, not appended
+
+
+def test_objects_that_only_look_like_packages_are_listed_not_read(tmp_path: Path, sqlite_url: str):
+    write_vt_feed(LocalStore(tmp_path / "feed"))
+
+    result = run(tmp_path, sqlite_url, partition_key="2020-11-01")
+
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("vt_file_reports")
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    names = ["20201101/20201101T0122.partial", "20201101/20201101T0122.tmp", "20201101/20201101T0122~"]
+    assert (meta["objects_not_read"], meta["objects_not_read_names"]) == (3, "\n".join(f"- `{n}`" for n in names))
+    assert meta["packages_found"] == 4
+    assert read_manifest(LocalStore(tmp_path / "export"), "2020-11-01")["objects_not_read"] == names
 
 
 def test_backfills_run_ranges_of_days():

@@ -19,8 +19,10 @@ def test_objects_for_most_sample_sha1s_with_quirks(tmp_path):
     outcomes = [parse_report(store.read_bytes(name)) for name in written]
     assert sorted(reason for _, reason in outcomes if reason) == ["malformed_json", "missing_classification"]
     labels = {label for label, reason in outcomes if not reason}
-    assert {"malware", "pua", "coinminer"} <= labels
+    assert {"malware", "pua", "coinminer", "whitelist", "indifferent", "clean", "unknown"} <= labels
     assert [label for label in labels if not map_label(label)[1]] == ["coinminer"]
+    # Verdicts the default import policy keeps out of ioc_file_hashes are part of the mix.
+    assert {map_label(label)[0] for label in ("whitelist", "indifferent", "clean", "unknown")} == {"WHITELIST", "INDIFFERENT", "UNKNOWN"}
     some = next(name for name, (_, reason) in zip(written, outcomes, strict=True) if not reason)
     assert orjson.loads(store.read_bytes(some))["sha1"] == some
 

@@ -9,6 +9,9 @@ import pytest
 
 from ti_pipeline.loaders import LoadSettings, load_day
 from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.values import ImportPolicy
+
+EVERYTHING = ImportPolicy.parse("ALL")
 
 
 @pytest.fixture
@@ -18,9 +21,10 @@ def store(tmp_path: Path) -> LocalStore:
 
 @pytest.fixture
 def load(warehouse, store):
-    """``load(day, **settings)`` with small batches and chunks so every path runs several times."""
+    """``load(day, policy=..., **settings)`` with small batches and chunks so every path runs several
+    times; without a policy, load_day's default (the upstream's production set)."""
 
-    def _load(day: str, *, on_event=None, log=None, **overrides):
+    def _load(day: str, *, on_event=None, log=None, policy: ImportPolicy | None = None, **overrides):
         options = {"batch_rows": 3, "merge_chunk_rows": 4, **overrides}
         return load_day(
             warehouse,
@@ -30,6 +34,7 @@ def load(warehouse, store):
             log=log or logging.getLogger("test.load"),
             quarantine=lambda records: warehouse.add_quarantine("vt_feed/ioc_file_hashes", day, records),
             on_event=on_event,
+            **({"policy": policy} if policy is not None else {}),
         )
 
     return _load

@@ -13,6 +13,7 @@ from ti_pipeline import schema
 from ti_pipeline.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS, part_name, success_name
 from ti_pipeline.loaders import IncompleteExport
 from ti_pipeline.warehouse import MergeRule
+from ti_pipeline_tests.loaders.conftest import EVERYTHING
 from ti_pipeline_tests.loaders.exportdata import (
     classification,
     md5_of,
@@ -53,7 +54,7 @@ def test_first_load_inserts_every_row_with_its_sidecar_classification(store, loa
         [report(n, "2024-01-01 10:00:00", positives=n + 1, total=70) for n in range(4)],
         [classification(0, "RANSOMWARE"), classification(1, None, 404), classification(2, "MALTOOL")],
     )
-    result = load(DAY_A)
+    result = load(DAY_A, policy=EVERYTHING)
     rows = rows_by_sha256(warehouse)
     assert sorted(rows) == sorted(sha256_of(n) for n in range(4))
     first = rows[sha256_of(0)]
@@ -70,6 +71,26 @@ def test_first_load_inserts_every_row_with_its_sidecar_classification(store, loa
     assert result.missing_after_merge == 0
     # Staging tables are dropped once merged.
     assert {t for t in sa.inspect(warehouse.engine).get_table_names() if t.startswith("stage_")} == set()
+
+
+def test_by_default_rows_without_a_threat_classification_are_filtered_not_merged(store, load, warehouse):
+    write_day(
+        store, DAY_A,
+        [report(n, "2024-01-01 10:00:00") for n in range(4)],
+        [classification(0, "RANSOMWARE"), classification(1, None, 404), classification(2, "MALTOOL")],
+    )
+    result = load(DAY_A)
+    assert {k: v["classification"] for k, v in rows_by_sha256(warehouse).items()} == {
+        sha256_of(0): "RANSOMWARE", sha256_of(2): "MALTOOL",
+    }
+    acc = result.accounting
+    assert (acc.read, acc.written, dict(acc.filtered), acc.rejected_total, acc.unaccounted) == (
+        4, 2, {"classification_not_imported": 2, "newer_scan_already_stored": 0}, 0, 0,
+    )
+    assert {k: v for k, v in acc.figures.items() if k.startswith(("classification.", "not_imported."))} == {
+        "classification.RANSOMWARE": 1, "classification.MALTOOL": 1, "not_imported.UNKNOWN": 2,
+    }
+    assert result.missing_after_merge == 0
 
 
 def test_newer_scan_wins_and_accounting_says_what_happened(store, load, warehouse):
@@ -105,7 +126,7 @@ def test_days_in_any_order_or_twice_end_in_the_same_table(store, load, warehouse
     assert tables[0] == tables[1] == tables[2]
 
 
-def test_broccoli_without_a_classification_keeps_the_stored_one(store, load, warehouse):
+def _store_hacktool_row(warehouse) -> None:
     warehouse.upsert(
         schema.ioc_file_hashes,
         [
@@ -117,6 +138,10 @@ def test_broccoli_without_a_classification_keeps_the_stored_one(store, load, war
         ],
         MergeRule(newer_column="scan_date"),
     )
+
+
+def test_broccoli_without_a_classification_keeps_the_stored_one(store, load, warehouse):
+    _store_hacktool_row(warehouse)
     write_day(
         store, DAY_B,
         [report(n, "2024-01-02 10:00:00") for n in (1, 2, 3)],
@@ -124,26 +149,50 @@ def test_broccoli_without_a_classification_keeps_the_stored_one(store, load, war
     )
     # An older day whose Broccoli lookup did classify file 3.
     write_day(store, DAY_A, [report(3, "2024-01-01 10:00:00")], [classification(3, "UNWANTED")])
-    load(DAY_B)
+    load(DAY_B, policy=EVERYTHING)
     rows = rows_by_sha256(warehouse)
     assert (rows[sha256_of(1)]["classification"], rows[sha256_of(1)]["source"]) == ("HACKTOOL", "VIRUS_TOTAL")
     assert rows[sha256_of(1)]["scan_date"] == dt("2024-01-02 10:00:00")
     assert rows[sha256_of(1)]["first_seen"] == dt("2019-05-01 00:00:00")
     assert rows[sha256_of(2)]["classification"] == "UNKNOWN"  # not an enum value: treated as none
     assert rows[sha256_of(3)]["classification"] == "UNKNOWN"
-    result = load(DAY_A)
+    result = load(DAY_A, policy=EVERYTHING)
     assert result.accounting.figures["kept_older"] == 1
     row = rows_by_sha256(warehouse)[sha256_of(3)]
     assert (row["classification"], row["scan_date"]) == ("UNWANTED", dt("2024-01-02 10:00:00"))
 
 
-def test_curated_tokens_outrank_the_feed(store, load, warehouse):
+def test_the_policy_judges_the_classification_a_row_ends_with(store, load, warehouse):
+    """A stored HACKTOOL row takes a newer scan that Broccoli did not classify (it stays HACKTOOL, which
+    the default policy admits); new rows without a classification stay out."""
+    _store_hacktool_row(warehouse)
+    write_day(
+        store, DAY_B,
+        [report(n, "2024-01-02 10:00:00") for n in (1, 2, 3)],
+        [classification(1, None, 404), classification(2, "BOGUS"), classification(3, None, 404)],
+    )
+    acc = load(DAY_B).accounting
+    rows = rows_by_sha256(warehouse)
+    assert sorted(rows) == [sha256_of(1)]
+    assert (rows[sha256_of(1)]["classification"], rows[sha256_of(1)]["scan_date"]) == ("HACKTOOL", dt("2024-01-02 10:00:00"))
+    assert (acc.read, acc.written, acc.filtered["classification_not_imported"], acc.unaccounted) == (3, 1, 2, 0)
+    assert (acc.figures["updated"], acc.figures["classification.HACKTOOL"], acc.figures["not_imported.UNKNOWN"]) == (1, 1, 2)
+
+
+def _tokens(warehouse) -> None:
+    """Curated tokens of every digest kind; their words mapped as ``values.classification_of`` maps them."""
     with warehouse.engine.begin() as conn:
         conn.execute(
             schema.ioc_tokens.insert(),
             [
                 {"token": sha1_of(1).hex(), "token_type": "SHA1", "response": "whitelist"},
                 {"token": md5_of(2).hex(), "token_type": "MD5", "response": "ransomware"},
+                {"token": sha256_of(5).hex(), "token_type": "SHA256", "response": "hacktool"},
+                {"token": sha256_of(6).hex(), "token_type": "SHA256", "response": "Unwanted"},
+                {"token": sha1_of(7).hex(), "token_type": "SHA1", "response": "indifferent"},
+                # Two tokens for file 8: the SHA256 one is the most specific and decides.
+                {"token": sha256_of(8).hex(), "token_type": "SHA256", "response": "malware"},
+                {"token": sha1_of(8).hex(), "token_type": "SHA1", "response": "whitelist"},
             ],
         )
     warehouse.upsert(
@@ -156,23 +205,40 @@ def test_curated_tokens_outrank_the_feed(store, load, warehouse):
             }
         ],
     )
-    write_day(
-        store, DAY_A,
-        [report(n, "2024-01-01 10:00:00") for n in (1, 2, 3, 4)],
-        [classification(n, "UNWANTED") for n in (1, 2, 3, 4)],
-    )
-    result = load(DAY_A)
+
+
+TOKEN_ROWS = {
+    1: ("WHITELIST", "TOKENS"),
+    2: ("RANSOMWARE", "TOKENS"),
+    3: ("MALWARE", "TOKENS"),
+    4: ("UNWANTED", "VIRUS_TOTAL"),
+    5: ("HACKTOOL", "TOKENS"),
+    6: ("UNWANTED", "TOKENS"),
+    7: ("INDIFFERENT", "TOKENS"),
+    8: ("MALWARE", "TOKENS"),
+}
+
+
+@pytest.mark.parametrize("policy", ["ALL", "default"])
+def test_curated_tokens_outrank_the_feed(store, load, warehouse, policy):
+    _tokens(warehouse)
+    files = sorted(TOKEN_ROWS)
+    write_day(store, DAY_A, [report(n, "2024-01-01 10:00:00") for n in files], [classification(n, "UNWANTED") for n in files])
+    result = load(DAY_A, policy=EVERYTHING if policy == "ALL" else None)
     rows = rows_by_sha256(warehouse)
-    got = {n: (rows[sha256_of(n)]["classification"], rows[sha256_of(n)]["source"]) for n in (1, 2, 3, 4)}
-    assert got == {
-        1: ("INDIFFERENT", "TOKENS"),
-        2: ("RANSOMWARE", "TOKENS"),
-        3: ("MALWARE", "TOKENS"),
-        4: ("UNWANTED", "VIRUS_TOTAL"),
-    }
+    got = {n: (rows[sha256_of(n)]["classification"], rows[sha256_of(n)]["source"]) for n in files if sha256_of(n) in rows}
+    acc = result.accounting
+    if policy == "ALL":
+        assert got == TOKEN_ROWS
+        assert acc.filtered["classification_not_imported"] == 0
+    else:  # whitelist and indifferent tokens keep their files out of the table
+        assert got == {n: v for n, v in TOKEN_ROWS.items() if n not in (1, 7)}
+        assert acc.filtered["classification_not_imported"] == 2
+        assert (acc.figures["not_imported.WHITELIST"], acc.figures["not_imported.INDIFFERENT"]) == (1, 1)
     # The token row still takes the newer scan data.
     assert rows[sha256_of(3)]["scan_date"] == dt("2024-01-01 10:00:00")
-    assert result.accounting.figures["token_rows"] == 3  # the day's rows under a curated token
+    assert acc.figures["token_rows"] == len([v for v in got.values() if v[1] == "TOKENS"])  # the day's rows under a token
+    assert acc.unaccounted == 0
 
 
 def test_unusable_rows_are_quarantined_and_duplicates_counted(store, load, warehouse):
@@ -182,7 +248,7 @@ def test_unusable_rows_are_quarantined_and_duplicates_counted(store, load, wareh
     rows = [report(0, "2024-01-01 10:00:00"), bad_date, bad_key, report(3, "2024-01-01 10:00:00"), report(3, "2024-01-01 11:00:00")]
     write_partition(store, "vt_file_reports", DAY_A, rows, relaxed)
     write_partition(store, "broccoli_classifications", DAY_A, [], BROCCOLI_CLASSIFICATIONS)
-    acc = load(DAY_A).accounting
+    acc = load(DAY_A, policy=EVERYTHING).accounting
     assert (acc.read, acc.written, acc.unaccounted) == (5, 2, 0)
     assert dict(acc.rejected) == {"missing_scan_date": 1, "missing_sha256": 1, "duplicate_sha256_in_export": 1}
     with warehouse.engine.connect() as conn:
@@ -216,7 +282,7 @@ def test_only_the_parts_the_manifest_lists_are_read(store, load, warehouse):
     # A part left by an export that never finished (its manifest would have listed it).
     write_partition(store, "vt_file_reports", DAY_B, [report(9, "2024-01-01 10:00:00")], VT_FILE_REPORTS)
     store.write_bytes(part_name("vt_file_reports", DAY_A, 7), store.read_bytes(part_name("vt_file_reports", DAY_B, 0)))
-    assert load(DAY_A).accounting.read == 1
+    assert load(DAY_A, policy=EVERYTHING).accounting.read == 1
     assert sorted(rows_by_sha256(warehouse)) == [sha256_of(0)]
 
 
@@ -287,7 +353,7 @@ def test_staging_counts_a_retry_only_for_the_batch_that_failed(store, load, ware
         if (event, index) == ("staged_batch", 0):
             _kill_other_connections(warehouse_url)
 
-    acc = load(DAY_A, on_event=drop_after_first).accounting
+    acc = load(DAY_A, on_event=drop_after_first, policy=EVERYTHING).accounting
     # 3 batches of 3 rows; the second failed once on the dead connection and was sent again.
     assert (acc.figures["staged_batches"], acc.figures["load_data_batches"], acc.figures["retries"]) == (3, 3, 1)
     assert (acc.figures["inserted"], acc.unaccounted) == (9, 0)
@@ -298,7 +364,7 @@ def test_a_server_refusing_local_infile_gets_batched_inserts(store, load, wareho
     from ti_pipeline.warehouse import Warehouse
 
     refusing = Warehouse(warehouse_url.replace("local_infile=1", "local_infile=0"))
-    refusing.create_schema()
+    refusing.ensure_schema()
     write_two_days(store)
     from ti_pipeline.loaders import LoadSettings, load_day
 

@@ -1,5 +1,6 @@
 """A day of packages → the partition: dedup, layout, manifest, re-runs, kills, the emulator."""
 
+import bz2
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day, newest
 
 DAY = "2020-11-01"
 T10 = datetime(2020, 11, 1, 10, tzinfo=UTC)
+NOW = datetime(2020, 11, 2)  # the run's clock, naive UTC
 ENGINES = ["Avast", "ClamAV", "Kaspersky", "Sophos"]
 
 
@@ -52,10 +54,10 @@ def partition_bytes(store: ObjectStore, day: str = DAY) -> dict[str, bytes]:
     return {p["name"]: store.read_bytes(p["name"]) for p in manifest["parts"]}
 
 
-def export(feed: ObjectStore, out: ObjectStore, day: str = DAY, workers: int = 1, **options):
+def export(feed: ObjectStore, out: ObjectStore, day: str = DAY, workers: int = 1, now: datetime = NOW, **options):
     quarantine: list[QuarantineRecord] = []
     with PackagePool(workers) as pool:
-        summary = export_day(feed, out, day, pool, ExportOptions(workers=workers, **options), quarantine.extend)
+        summary = export_day(feed, out, day, pool, ExportOptions(workers=workers, **options), quarantine.extend, now=now)
     return summary, quarantine
 
 
@@ -92,6 +94,9 @@ def crafted(tmp_path: Path) -> ObjectStore:
     )
     feed.write_bytes("20201102/20201102T0000", v2_package([v2(5, T10, {"Avast": "next day"})]))
     feed.write_bytes("20201101/README", b"not a package")
+    # Names that only look like a package: uploads in progress and leftovers, never parsed.
+    for suffix in (".partial", ".tmp", "~"):
+        feed.write_bytes(f"20201101/20201101T0500{suffix}", v2_package([v2(6, T10, {"Avast": "not read"})]))
     return feed
 
 
@@ -139,13 +144,15 @@ def test_newest_scan_wins_and_ties_are_deterministic(crafted: ObjectStore, tmp_p
         "packages_v2": 3,
         "packages_v3": 1,
         "parts": 1,
-        "unexpected_objects": 1,
+        "objects_not_read": 4,
     }
-    assert summary.unexpected_objects == ["20201101/README"]
+    not_read = ["20201101/20201101T0500.partial", "20201101/20201101T0500.tmp", "20201101/20201101T0500~", "20201101/README"]
+    assert summary.objects_not_read == not_read
     assert quarantine == []
     manifest = read_manifest(out, DAY)
     info = out.stat(part_name("vt_file_reports", DAY, 0))
     assert manifest["parts"] == [{"name": info.name, "rows": 4, "generation": info.generation}]
+    assert manifest["objects_not_read"] == not_read
     assert (manifest["rows"], manifest["day"], manifest["accounting"]["read"]) == (4, DAY, 9)
     assert sorted(i.name for i in out.list("vt_file_reports/")) == [
         "vt_file_reports/date=2020-11-01/_SUCCESS",
@@ -272,3 +279,117 @@ def test_gcs_path_on_the_emulator_matches_the_folder_path(gcs_bucket: str, tmp_p
     assert [p["generation"] for p in read_manifest(out, "2020-11-02")["parts"]] == [
         out.stat(p["name"]).generation for p in read_manifest(out, "2020-11-02")["parts"]
     ]
+
+
+# ---- no bad line fails a day ---------------------------------------------------------------------
+
+GOOD_V2 = [v2(1, T10, {"Avast": "A1", "ClamAV": None}), v2(2, T10, {"Sophos": "S2"})]
+GOOD_V3 = [v3(3, T10, {"Kaspersky": "K3"})]
+
+
+def _good_rows() -> list[dict]:
+    return sorted(
+        [
+            row(1, T10, 2, "Avast:A1", "20201101/20201101T0100"),
+            row(2, T10, 1, "Sophos:S2", "20201101/20201101T0100"),
+            row(3, T10, 1, "Kaspersky:K3", "20201101/20201101T0200"),
+        ],
+        key=lambda r: r["sha256"],
+    )
+
+
+def _with(index: int, **changes) -> bytes:
+    report = v2_report(index, T10, {"Avast": "bad"}, engines=ENGINES)
+    report.update(changes)
+    return line(report)
+
+
+def _v3_dated(index: int, epoch_seconds: int) -> bytes:
+    obj = v3_object(index, T10, {"Avast": "bad"}, engines=ENGINES)
+    obj["attributes"]["last_analysis_date"] = epoch_seconds
+    return line(obj)
+
+
+DETECTION_LIMIT = 16 << 20  # MEDIUMTEXT: detection_names on TiDB/MySQL
+
+BAD_LINES = {
+    "positives above int32": (lambda: _with(7, positives=2**31), "out_of_range:positives"),
+    "total above int32": (lambda: _with(7, total=2**31), "out_of_range:total"),
+    "positives a word": (lambda: _with(7, positives="many"), "invalid_number:positives"),
+    "positives NaN as text": (lambda: _with(7, positives="NaN"), "invalid_number:positives"),
+    "positives NaN": (lambda: _with(7, positives=float("nan")), "malformed_json"),
+    "positives infinite": (lambda: _with(7).replace(b'"positives": 1', b'"positives": 1e400'), "invalid_number:positives"),
+    "scan date past 9999 (epoch seconds 10**15)": (lambda: _v3_dated(7, 10**15), "out_of_range:scan_date"),
+    "scan date in year 10000": (lambda: _v3_dated(7, 253402300800), "out_of_range:scan_date"),
+    "scan date before year 1000": (lambda: _with(7, scan_date="0999-12-31 23:59:59"), "out_of_range:scan_date"),
+    "scan date a day and a second ahead": (lambda: _with(7, scan_date="2020-11-03 00:00:01"), "in_future:scan_date"),
+    "detection names longer than the column": (
+        lambda: line(v2_report(7, T10, {"Avast": "x" * DETECTION_LIMIT}, engines=ENGINES)),
+        "value_too_long:detection_names",
+    ),
+    "a JSON array": (lambda: b"[" + GOOD_V2[0] + b"]", "unknown_shape"),
+    "a JSON scalar": (lambda: b"42", "unknown_shape"),
+    "not JSON": (lambda: b"\xff\xfe garbage", "malformed_json"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_LINES))
+def test_a_bad_line_as_a_packages_first_line_is_one_reject_and_the_day_goes_on(tmp_path: Path, name: str):
+    make, reason = BAD_LINES[name]
+    bad = make()
+    feed, out = LocalStore(tmp_path / "feed"), LocalStore(tmp_path / "export")
+    feed.write_bytes("20201101/20201101T0100", v2_package([bad, *GOOD_V2]))
+    feed.write_bytes("20201101/20201101T0200", v3_package(GOOD_V3))
+
+    summary, quarantine = export(feed, out)
+
+    assert partition_rows(out) == _good_rows()
+    acc = summary.accounting
+    assert (acc.read, acc.written, acc.filtered_total, dict(acc.rejected), acc.unaccounted) == (4, 3, 0, {reason: 1}, 0)
+    assert [(q.reason.split(": ")[0], q.offset, q.source) for q in quarantine] == [
+        (reason, 0, feed.url_of("20201101/20201101T0100"))  # offset of the line in the package's NDJSON
+    ]
+    assert bytes.fromhex(quarantine[0].excerpt) == bad[:512]
+    assert summary.figures["packages_corrupt"] == 0
+
+
+def test_a_truncated_package_keeps_its_complete_lines_and_the_day_goes_on(tmp_path: Path):
+    feed, out = LocalStore(tmp_path / "feed"), LocalStore(tmp_path / "export")
+    many = [line(v3_object(100 + i, T10, {"Avast": f"A{i}"})) for i in range(150)]  # every engine: ~8 KB a line
+    data = v2_package(many, level=1)
+    cut = data[: len(data) // 2]
+    feed.write_bytes("20201101/20201101T0100", cut)
+    feed.write_bytes("20201101/20201101T0200", v3_package(GOOD_V3))
+    decompressed = bz2.BZ2Decompressor().decompress(cut)
+    whole = decompressed[: decompressed.rfind(b"\n") + 1].count(b"\n")
+
+    summary, quarantine = export(feed, out)
+
+    assert 0 < whole < 150
+    rows = partition_rows(out)
+    assert {r["sha256"] for r in rows} == {bytes.fromhex(file_hashes(i)[0]) for i in [*range(100, 100 + whole), 3]}
+    acc = summary.accounting
+    assert (acc.read, acc.written, dict(acc.rejected), acc.unaccounted) == (whole + 2, whole + 1, {"corrupt_package": 1}, 0)
+    assert [(q.reason, q.offset) for q in quarantine] == [
+        ("corrupt_package: Compressed file ended before the end-of-stream marker was reached", len(decompressed))
+    ]
+    assert summary.corrupt == {"20201101/20201101T0100": "Compressed file ended before the end-of-stream marker was reached"}
+
+
+def test_the_sample_feed_days_balance_with_every_quirk_counted(tmp_path: Path):
+    feed = LocalStore(tmp_path / "feed")
+    write_vt_feed(feed)
+    reasons = {}
+    for day in ("2020-11-01", "2020-11-02", "2020-11-03"):
+        summary, _ = export(feed, LocalStore(tmp_path / "export"), day=day, now=datetime(2020, 11, 4))
+        assert summary.accounting.unaccounted == 0
+        reasons[day] = dict(summary.accounting.rejected)
+    every_day = {
+        "in_future:scan_date": 1, "invalid_number:positives": 1, "invalid_sha256": 1, "malformed_json": 2,
+        "missing_sha256": 1, "out_of_range:positives": 1, "out_of_range:scan_date": 1,
+    }
+    assert reasons == {
+        "2020-11-01": every_day,
+        "2020-11-02": {**every_day, "corrupt_package": 1},
+        "2020-11-03": {**every_day, "unknown_shape": 1},
+    }

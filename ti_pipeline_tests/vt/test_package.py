@@ -15,6 +15,7 @@ from ti_pipeline.vt import package
 from ti_pipeline.vt.package import read_package, split_by_bucket
 
 SCAN = datetime(2020, 11, 1, 10, 0, tzinfo=UTC)
+NOW = datetime(2020, 11, 2)  # the run's clock, naive UTC
 ENGINES = ["Avast", "ClamAV", "Kaspersky", "Sophos"]
 
 
@@ -23,7 +24,7 @@ def line(report: dict) -> bytes:
 
 
 def read(data: bytes, name: str = "20201101/20201101T1000", buckets: int = 1):
-    return read_package(io.BytesIO(data), name, f"file:///feed/{name}", buckets)
+    return read_package(io.BytesIO(data), name, f"file:///feed/{name}", buckets, NOW)
 
 
 def rows(result) -> list[dict]:
@@ -120,21 +121,55 @@ def test_tar_with_several_members_and_a_directory_reads_every_file():
     assert [r["sha256"] for r in rows(result)] == [bytes.fromhex(file_hashes(i)[0]) for i in (7, 8)]
 
 
-def test_truncated_package_keeps_the_rows_before_the_damage_and_counts_the_rest():
-    reports = [v3_object(i, SCAN, {"Avast": "A", "ClamAV": f"C{i}"}) for i in range(200)]
-    data = bz2.compress(b"".join(line(r) + b"\n" for r in reports), 1)  # 100 kB blocks: several
-    result = read(data[: len(data) * 2 // 3])
+def _complete_lines(truncated: bytes) -> list[bytes]:
+    """The lines a reader can get whole from a cut bzip2 stream: those of its complete blocks."""
+    out = bz2.BZ2Decompressor().decompress(truncated)
+    return [line for line in out[: out.rfind(b"\n") + 1].split(b"\n") if line]
 
-    assert result.corrupt is not None
-    kept = rows(result)
-    assert 0 < len(kept) < 200
-    assert [r["sha256"] for r in kept] == [bytes.fromhex(file_hashes(i)[0]) for i in range(len(kept))]
+
+@pytest.mark.parametrize("shape", ["v3", "v2"])
+def test_a_truncated_package_keeps_every_complete_line_it_decompressed(shape):
+    reports = [v3_object(i, SCAN, {"Avast": "A", "ClamAV": f"C{i}"}) for i in range(200)]
+    lines = [line(r) for r in reports]
+    data = bz2.compress(b"".join(x + b"\n" for x in lines), 1) if shape == "v3" else v2_package(lines, level=1)
+    cut = data[: len(data) * 2 // 3]  # 100 kB blocks: the first ones are whole
+
+    result = read(cut)
+
+    whole = len(_complete_lines(cut))  # v2: the tar header sits in front of the first line
+    assert 0 < whole < 200
+    assert result.corrupt == "Compressed file ended before the end-of-stream marker was reached"
+    assert [r["sha256"] for r in rows(result)] == [bytes.fromhex(file_hashes(i)[0]) for i in range(whole)]
     acc = result.accounting
-    assert acc.read == len(kept) + 1
-    assert dict(acc.rejected) == {"corrupt_package": 1}
+    assert (acc.read, acc.filtered_total, dict(acc.rejected)) == (whole + 1, 0, {"corrupt_package": 1})
     (quarantined,) = result.quarantine
-    assert quarantined.reason.startswith("corrupt_package: ")
-    assert quarantined.offset == result.decompressed_bytes > 0
+    assert quarantined.reason == "corrupt_package: Compressed file ended before the end-of-stream marker was reached"
+    assert quarantined.offset == result.decompressed_bytes == len(bz2.BZ2Decompressor().decompress(cut))
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (b"[1, 2, 3]", "unknown_shape"),
+        (b'[{"sha256": "ab"}]', "unknown_shape"),
+        (b"42", "unknown_shape"),
+        (b'"a string"', "unknown_shape"),
+        (b"null", "unknown_shape"),
+        (b"not json at all", "malformed_json"),
+    ],
+)
+@pytest.mark.parametrize("shape", ["v2", "v3"])
+def test_any_first_line_is_one_rejected_line_and_the_rest_of_the_package_reads(first, reason, shape):
+    good = [line(v2_report(i, SCAN, {"Avast": f"A{i}"}, engines=ENGINES)) for i in range(3)]
+    data = v2_package([first, *good]) if shape == "v2" else bz2.compress(b"\n".join([first, *good]) + b"\n")
+
+    result = read(data)
+
+    assert (result.format, result.corrupt) == (shape, None)
+    assert [r["sha256"] for r in rows(result)] == [bytes.fromhex(file_hashes(i)[0]) for i in range(3)]
+    acc = result.accounting
+    assert (acc.read, acc.filtered_total, dict(acc.rejected)) == (4, 0, {reason: 1})
+    assert [(q.reason.split(":")[0], q.offset) for q in result.quarantine] == [(reason, 0)]
 
 
 @pytest.mark.parametrize(
