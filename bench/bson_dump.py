@@ -66,12 +66,13 @@ def plain_pass(path: Path) -> dict:
 
 def run_path(path: Path, warehouse_url: str, workers: int) -> dict:
     """The asset's path in this (child) process; prints its figures as JSON."""
+    from ti_pipeline import migrations
     from ti_pipeline.objectstore import LocalStore
     from ti_pipeline.sage.load import load_dump_file
     from ti_pipeline.warehouse import Warehouse
 
+    migrations.upgrade(warehouse_url)
     warehouse = Warehouse(warehouse_url)
-    warehouse.create_schema()
     store = LocalStore(path.parent)
     cpu, wall = cpu_seconds(), time.perf_counter()
     acc = load_dump_file(store, path.name, "file_rep", warehouse, quarantine_key=("bench", "r01"), workers=workers)
@@ -100,10 +101,13 @@ def fresh_warehouse(base_url: str | None, tag: str) -> str:
     if base_url:
         import sqlalchemy as sa
 
+        from ti_pipeline import migrations, schema
+
+        migrations.upgrade(base_url)
         engine = sa.create_engine(base_url)
         with engine.begin() as conn:
-            for table in ("ioc_file_hashes", "quarantine"):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            for table in (schema.ioc_file_hashes, schema.quarantine):
+                conn.execute(table.delete())
         engine.dispose()
         return base_url
     return f"sqlite:///{tempfile.mkdtemp(prefix=f'bench-{tag}-')}/warehouse.sqlite"

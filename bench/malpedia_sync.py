@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ti_pipeline import migrations
 from ti_pipeline.malpedia.attack import AttackCatalog
 from ti_pipeline.malpedia.budget import RequestBudget
 from ti_pipeline.malpedia.client import MalpediaClient
@@ -71,8 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.warehouse_url or f"sqlite:///{Path(tmp) / 'warehouse.sqlite'}"
+        migrations.upgrade(url)
         warehouse = Warehouse(url)
-        warehouse.create_schema()
         snapshot = MalpediaSnapshot.from_galaxy()
         with LocalMalpediaServer(snapshot) as server:
             plain_times = []

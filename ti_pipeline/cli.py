@@ -1,4 +1,4 @@
-"""``ti-pipeline``: sample data, DDL for a DBA, the demo, and warehouse counts."""
+"""``ti-pipeline``: sample data, DDL for a DBA, migrations, the demo, and warehouse counts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,29 @@ from ti_pipeline import settings
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from ti_pipeline.schema import ddl
+    """The SQL of the migrations up to head, as ``migrate`` runs it: what a DBA reviews or applies."""
+    from ti_pipeline import migrations
 
-    sys.stdout.write(ddl(args.dialect))
+    sys.stdout.write(migrations.offline_sql(args.dialect))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from ti_pipeline import migrations
+
+    if args.revision:
+        if not (args.message or args.replace):
+            print("error: --revision needs -m MESSAGE (or --replace)", file=sys.stderr)
+            return 2
+        written = migrations.new_revision(args.message, replace=args.replace, scratch_url=args.url)
+        print(written or "no change between schema.metadata and the migrations: nothing written")
+        return 0
+    url = settings.resolve("TI_WAREHOUSE_URL", args.url)
+    print(f"warehouse: {sa.make_url(url).render_as_string(hide_password=True)}", flush=True)
+    before, after = migrations.upgrade(url)
+    print(f"revision: {before or 'none'} -> {after}" if before != after else f"revision: {after} (already at head)")
     return 0
 
 
@@ -126,9 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ti-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("schema", help="print the CREATE statements of every table")
+    p = sub.add_parser("schema", help="print the SQL that `migrate` runs on an empty warehouse (for a DBA)")
     p.add_argument("--dialect", choices=["mysql", "sqlite"], default="mysql")
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("migrate", help="upgrade the warehouse to the schema revision of this code")
+    p.add_argument("--url", help="warehouse (default: TI_WAREHOUSE_URL); with --revision, an empty scratch "
+                   "database to compare against (default: a temporary SQLite, blind to ENUM values)")
+    p.add_argument("--revision", action="store_true",
+                   help="developers: write a new revision from schema.metadata's difference to the migrations")
+    p.add_argument("-m", "--message", help="with --revision: what the revision changes")
+    p.add_argument("--replace", action="store_true",
+                   help="with --revision: regenerate the newest revision in place (only one no warehouse has applied)")
+    p.set_defaults(func=_cmd_migrate)
 
     for name, func, helptext in (
         ("sample-data", _cmd_sample_data, "write deterministic sample inputs under TI_DATA_DIR (or the configured URIs)"),

@@ -15,6 +15,7 @@ from pydantic import PrivateAttr
 
 from ti_pipeline import settings
 from ti_pipeline.objectstore import ObjectStore, open_store
+from ti_pipeline.values import ImportPolicy
 from ti_pipeline.warehouse import Warehouse
 
 
@@ -28,13 +29,19 @@ class WarehouseResource(ConfigurableResource):
 
     url: str | None = None
     batch_rows: int = 500
+    import_classifications: str | None = None
+    """Classifications that enter ioc_file_hashes: a comma list of ENUM values or ALL
+    (``TI_IMPORT_CLASSIFICATIONS``; unset: the upstream's production set)."""
     _warehouse: Warehouse | None = PrivateAttr(default=None)
 
     def get(self) -> Warehouse:
         if self._warehouse is None:
             self._warehouse = Warehouse(settings.resolve("TI_WAREHOUSE_URL", self.url), batch_rows=self.batch_rows)
-            self._warehouse.create_schema()
+            self._warehouse.ensure_schema()
         return self._warehouse
+
+    def import_policy(self) -> ImportPolicy:
+        return ImportPolicy.parse(settings.optional("TI_IMPORT_CLASSIFICATIONS", self.import_classifications))
 
 
 class ObjectStoreResource(ConfigurableResource):
@@ -86,6 +93,10 @@ class MalpediaResource(ConfigurableResource):
     backoff_base_seconds: float = 1.0
     max_retry_wait_seconds: float = 3600.0
     timeout_seconds: float = 60.0
+    max_response_bytes: int = 1_048_576
+    """Largest response body read (decompressed); a larger one is refused before it is read whole."""
+    max_families_bytes: int = 33_554_432
+    """The same for ``/get/families``, one document of every family (2.8 MB in the shipped snapshot)."""
 
     def budget(self):
         from ti_pipeline.malpedia.budget import RequestBudget
@@ -106,6 +117,8 @@ class MalpediaResource(ConfigurableResource):
             backoff_base=self.backoff_base_seconds,
             max_retry_wait=self.max_retry_wait_seconds,
             timeout=self.timeout_seconds,
+            max_response_bytes=self.max_response_bytes,
+            max_families_bytes=self.max_families_bytes,
         )
 
 
@@ -119,6 +132,8 @@ class BroccoliResource(ConfigurableResource):
     max_delay_seconds: float = 30.0
     max_retry_after_seconds: float = 120.0
     timeout_seconds: float = 10.0
+    max_response_bytes: int = 1_048_576
+    """Largest classification body read (decompressed); a larger one is a rejected lookup, not read whole."""
 
     @cached_property
     def resolved_uri(self) -> str:
@@ -135,7 +150,9 @@ class BroccoliResource(ConfigurableResource):
             max_retry_after=self.max_retry_after_seconds,
             timeout=self.timeout_seconds,
         )
-        return BroccoliClient(self.resolved_uri, policy=policy, concurrency=concurrency)
+        return BroccoliClient(
+            self.resolved_uri, policy=policy, concurrency=concurrency, max_response_bytes=self.max_response_bytes
+        )
 
 
 class LoaderResource(ConfigurableResource):

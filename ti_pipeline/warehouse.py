@@ -89,8 +89,19 @@ class Warehouse:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def create_schema(self) -> None:
-        schema.metadata.create_all(self.engine, checkfirst=True)
+    def ensure_schema(self) -> None:
+        """Make sure the tables are at the code's migration head.
+
+        The embedded SQLite upgrades itself, so the demo and a laptop need no setup step. A server is
+        migrated only by ``ti-pipeline migrate`` (a reviewed step, under a lock): here it is checked,
+        and a run fails with ``SchemaOutOfDate`` rather than create or alter a table.
+        """
+        from ti_pipeline import migrations  # Alembic, imported only by a process that opens a warehouse
+
+        if self.dialect == "sqlite":
+            migrations.upgrade(self.url)
+        else:
+            migrations.check(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()

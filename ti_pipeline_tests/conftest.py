@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from ti_pipeline import migrations
 from ti_pipeline.warehouse import Warehouse
 
 MYSQL_SERVER = os.environ.get("TI_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
@@ -59,14 +60,17 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["sqlite", "mysql"])
 def warehouse_url(request) -> str:
-    """Both warehouse dialects: the embedded SQLite and a real MariaDB/MySQL server."""
-    return request.getfixturevalue(f"{request.param}_url")
+    """Both warehouse dialects: the embedded SQLite and a real MariaDB/MySQL server, migrated to
+    head as ``ti-pipeline migrate`` leaves a new database."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    migrations.upgrade(url)
+    return url
 
 
 @pytest.fixture
 def warehouse(warehouse_url: str):
     wh = Warehouse(warehouse_url)
-    wh.create_schema()
+    wh.ensure_schema()
     yield wh
     wh.dispose()
 

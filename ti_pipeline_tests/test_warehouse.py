@@ -4,7 +4,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline import schema
+from ti_pipeline import migrations, schema
 from ti_pipeline.accounting import QuarantineRecord
 from ti_pipeline.warehouse import MergeRule, Warehouse
 
@@ -32,7 +32,7 @@ def test_newest_scan_wins_in_any_order(warehouse, order):
 
 def test_batches_larger_than_one_statement(warehouse_url):
     wh = Warehouse(warehouse_url, batch_rows=7)
-    wh.create_schema()
+    wh.ensure_schema()
     rows = [file_row(i, datetime(2020, 1, 1), key=i) for i in range(1, 51)]
     assert wh.upsert(schema.ioc_file_hashes, rows, NEWER) == 50
     assert wh.upsert(schema.ioc_file_hashes, rows, NEWER) == 50
@@ -77,7 +77,7 @@ def test_quarantine_is_replaced_per_asset_partition(warehouse):
 def test_dropped_connection_mid_load_is_retried(mysql_url):
     """Kill the loader's connection from another session between batches: the load still completes."""
     wh = Warehouse(mysql_url, batch_rows=10)
-    wh.create_schema()
+    migrations.upgrade(mysql_url)
     admin = sa.create_engine(mysql_url)
     killed = []
 
@@ -104,7 +104,7 @@ def test_dropped_connection_mid_load_is_retried(mysql_url):
 
 def test_concurrent_writers_end_with_the_newest(warehouse_url):
     wh = Warehouse(warehouse_url, batch_rows=20)
-    wh.create_schema()
+    wh.ensure_schema()
     days = [datetime(2020, 1, d) for d in range(1, 9)]
 
     def load(day):

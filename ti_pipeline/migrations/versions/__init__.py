@@ -1,0 +1,1 @@
+"""The revisions, oldest first by id; a package only so the wheel ships them."""
