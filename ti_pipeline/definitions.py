@@ -7,7 +7,7 @@ from ti_pipeline.assets import sage_dump, vt_feed
 from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.assets import threat_actors as threat_actor_assets
 from ti_pipeline.assets import vt_load as vt_load_assets
-from ti_pipeline.distributed import jobs as distributed_jobs
+from ti_pipeline.distributed import sage_dump_small_collections_on_celery
 from ti_pipeline.jobs import jobs
 from ti_pipeline.resources import (
     BroccoliResource,
@@ -26,9 +26,7 @@ from ti_pipeline.submission_sensor import submissions_sensor
 def build_resources() -> dict:
     """Resources from the environment, each falling back to its embedded default."""
     return {
-        "warehouse": WarehouseResource(
-            url=from_env("TI_WAREHOUSE_URL"), import_classifications=from_env("TI_IMPORT_CLASSIFICATIONS")
-        ),
+        "warehouse": WarehouseResource(url=from_env("TI_WAREHOUSE_URL")),
         "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
         "vt_feed": ObjectStoreResource(setting="TI_VT_FEED_URI", uri=from_env("TI_VT_FEED_URI")),
         "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=from_env("TI_EXPORT_URI")),
@@ -45,7 +43,7 @@ def build_resources() -> dict:
 defs = Definitions(
     assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets, *vt_load_assets.assets],
     sensors=[submissions_sensor, vt_parquet_landed],
-    jobs=[*jobs, *distributed_jobs],
+    jobs=[*jobs, sage_dump_small_collections_on_celery],
     schedules=[*schedules, *threat_actor_assets.schedules],
     resources=build_resources(),
     executor=multiprocess_executor,
