@@ -77,4 +77,4 @@ def test_small_collections_run_on_a_celery_worker(tmp_path: Path, monkeypatch, r
         counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()  # noqa: S608 - fixed names
                   for t in ("ioc_tokens", "ioc_ips", "file_extension_classification")}
     engine.dispose()
-    assert counts == {"ioc_tokens": 38, "ioc_ips": 9, "file_extension_classification": 11}
+    assert counts == {"ioc_tokens": 38, "ioc_ips": 8, "file_extension_classification": 11}
