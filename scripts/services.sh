@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Start (installing first where missing, when run as root) the services the tests talk to:
 # MariaDB on 127.0.0.1:3306 (root, no password, database `test`, LOAD DATA LOCAL allowed),
-# Redis on 127.0.0.1:6379 (Celery broker), PostgreSQL on 127.0.0.1:5432 (Dagster instance storage),
-# and Chromium with its driver (the UI test). Idempotent: does nothing for what is already there.
+# Redis on 127.0.0.1:6379 (Celery broker), RabbitMQ on 127.0.0.1:5672 (the other Celery broker,
+# guest/guest), PostgreSQL on 127.0.0.1:5432 (Dagster instance storage), and Chromium with its driver
+# (the UI test). Idempotent: does nothing for what is already there.
+# With arguments, only those: `bash scripts/services.sh rabbitmq redis`.
 set -uo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -48,7 +50,7 @@ start_mariadb() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 "${2:-60}"); do
     port_open "$1" && return 0
     sleep 1
   done
@@ -81,15 +83,40 @@ start_postgres() {
   fi
 }
 
+start_rabbitmq() {
+  port_open 5672 && return 0
+  [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server || return 1
+  log "starting RabbitMQ"
+  # As root the wrapper runs the server as the rabbitmq user; -detached returns once it is forked.
+  # guest/guest may log in from loopback, which is all the tests and a one-host deployment need.
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port 5672 120  # the Erlang VM boots in 10-30 s on a busy 2-core machine
+}
+
 install_chromium() {
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
   log "installing chromium and chromium-driver (UI test)"
   apt_install chromium chromium-driver
 }
 
-start_mariadb || exit 1
-mysql --protocol=tcp -h127.0.0.1 -uroot -e "CREATE DATABASE IF NOT EXISTS test; SET GLOBAL local_infile = 1;"
-log "MariaDB ready on 127.0.0.1:3306"
-start_redis && log "Redis ready on 127.0.0.1:6379" || exit 1
-start_postgres && log "PostgreSQL ready on 127.0.0.1:5432" || exit 1
-install_chromium || exit 1
+start_mariadb_ready() {
+  start_mariadb || return 1
+  mysql --protocol=tcp -h127.0.0.1 -uroot -e "CREATE DATABASE IF NOT EXISTS test; SET GLOBAL local_infile = 1;"
+}
+
+declare -A ready=(
+  [mariadb]="MariaDB ready on 127.0.0.1:3306" [redis]="Redis ready on 127.0.0.1:6379"
+  [rabbitmq]="RabbitMQ ready on 127.0.0.1:5672" [postgres]="PostgreSQL ready on 127.0.0.1:5432"
+  [chromium]="Chromium and chromedriver installed"
+)
+declare -A start=(
+  [mariadb]=start_mariadb_ready [redis]=start_redis [rabbitmq]=start_rabbitmq [postgres]=start_postgres
+  [chromium]=install_chromium
+)
+services=("$@")
+[ ${#services[@]} -gt 0 ] || services=(mariadb redis rabbitmq postgres chromium)
+for service in "${services[@]}"; do
+  [ -n "${start[$service]:-}" ] || { log "unknown service $service (one of: ${!start[*]})"; exit 2; }
+  "${start[$service]}" || exit 1
+  log "${ready[$service]}"
+done

@@ -7,7 +7,7 @@ from ti_pipeline.assets import sage_dump, vt_feed
 from ti_pipeline.assets import submissions as submission_assets
 from ti_pipeline.assets import threat_actors as threat_actor_assets
 from ti_pipeline.assets import vt_load as vt_load_assets
-from ti_pipeline.distributed import sage_dump_small_collections_on_celery
+from ti_pipeline.distributed import jobs as distributed_jobs
 from ti_pipeline.jobs import jobs
 from ti_pipeline.resources import (
     BroccoliResource,
@@ -43,7 +43,7 @@ def build_resources() -> dict:
 defs = Definitions(
     assets=[*sage_dump.assets, *vt_feed.assets, *broccoli_assets.assets, *submission_assets.assets, *threat_actor_assets.assets, *vt_load_assets.assets],
     sensors=[submissions_sensor, vt_parquet_landed],
-    jobs=[*jobs, sage_dump_small_collections_on_celery],
+    jobs=[*jobs, *distributed_jobs],
     schedules=[*schedules, *threat_actor_assets.schedules],
     resources=build_resources(),
     executor=multiprocess_executor,

@@ -24,6 +24,13 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    if multiprocessing.current_process().daemon:
+        # multiprocessing would only assert "daemonic processes are not allowed to have children".
+        raise RuntimeError(
+            f"cannot start a pool of {workers} processes in a daemonic process, such as a child of Celery's "
+            "prefork pool: run Celery workers with `ti-pipeline worker` (one step per worker process, in a "
+            "thread; docs/deployment.md), or set this step's `workers` to 1"
+        )
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),

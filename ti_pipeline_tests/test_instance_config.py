@@ -70,3 +70,21 @@ def test_production_storage_records_a_run_on_postgres(tmp_path, monkeypatch, pos
         event = instance.get_latest_materialization_event(key)
         assert event.asset_materialization.metadata["written"].value == 9
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+
+
+def test_the_celery_example_config_is_what_runs_and_workers_accept(monkeypatch):
+    """deploy/celery.yaml validates as the *_on_celery jobs' executor config (the workers read it the
+    same way), and the worker Deployments run `ti-pipeline worker` on the heavy and warehouse queues."""
+    from ti_pipeline.worker import build_parser, load_config, resolve_queues
+
+    monkeypatch.setenv("TI_CELERY_BROKER", "redis://redis:6379/0")
+    monkeypatch.setenv("TI_CELERY_BACKEND", "redis://redis:6379/1")
+    config = load_config(str(ROOT / "deploy/celery.yaml"))
+    assert (config["broker"], config["heavy_queue"], config["warehouse_queue"]) == \
+        ("redis://redis:6379/0", "ti-heavy", "ti-warehouse")
+    queues = []
+    for deployment in yaml.safe_load_all((ROOT / "deploy/celery-workers.k8s.yaml").read_text()):
+        command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[:2] == ["ti-pipeline", "worker"]
+        queues += resolve_queues(build_parser().parse_args(command[2:]).queue, config)
+    assert queues == ["ti-heavy", "ti-warehouse"]

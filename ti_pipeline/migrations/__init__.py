@@ -20,11 +20,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-# Every run process holds a Dagster instance, whose SQL storage registers MySQL compile hooks for the
-# generic DateTime and Float (DATETIME(6), FLOAT(32)). Loaded here too, so the DDL that migrations
-# create or print is the same whatever else the process imported.
-import dagster._core.storage.sql  # noqa: F401
-
 SCRIPT_LOCATION = Path(__file__).parent
 VERSION_TABLE = "alembic_version"
 # How long a migrator waits for another one (the MySQL named lock, the SQLite lock file).
@@ -34,6 +29,10 @@ LOCK_TIMEOUT_SECONDS = 600
 # later): a run or the CLI reports the revisions itself.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
+# Every run process holds a Dagster instance, whose SQL storage registers MySQL compile hooks for the
+# generic DateTime and Float (DATETIME(6), FLOAT(32)). Loaded here too, so the DDL that migrations
+# create or print is the same whatever else the process imported.
+import dagster._core.storage.sql  # noqa: F401
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
