@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
+from sqlalchemy.dialects.mysql import FLOAT as MYSQL_FLOAT
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -28,14 +30,21 @@ SOURCES = ("VIRUS_TOTAL", "MALWARE_BAZAAR", "INTERNAL", "SAGE_DUMP", "TOKENS")
 SUBMISSION_STATES = ("SUCCESS", "NOT_SUPPORTED", "ERROR")
 
 
+# DateTime and Float spelled out for TiDB/MySQL: a Dagster instance (held by every run) registers
+# process-wide MySQL compile hooks for the generic types (DATETIME(6), FLOAT(32)); the explicit MySQL
+# types have their own compilers, so the DDL is the same in every process.
+DATETIME = sa.DateTime().with_variant(MYSQL_DATETIME(), "mysql", "mariadb")
+FLOAT = sa.Float().with_variant(MYSQL_FLOAT(), "mysql", "mariadb")
+
+
 def _enum(name: str, values: tuple[str, ...]) -> sa.Enum:
     return sa.Enum(*values, name=name, native_enum=True, create_constraint=False)
 
 
 def _timestamps() -> list[sa.Column]:
     return [
-        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
-        sa.Column("updated_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+        sa.Column("created_at", DATETIME, nullable=False, server_default=sa.func.current_timestamp()),
+        sa.Column("updated_at", DATETIME, nullable=False, server_default=sa.func.current_timestamp()),
     ]
 
 
@@ -53,11 +62,11 @@ ioc_file_hashes = sa.Table(
     sa.Column("classification", _enum("file_classification", FILE_CLASSIFICATIONS), nullable=False),
     sa.Column("source", _enum("file_source", SOURCES), nullable=False),
     sa.Column("detection_names", LONG_TEXT),
-    sa.Column("scan_date", sa.DateTime),
+    sa.Column("scan_date", DATETIME),
     sa.Column("positives", sa.Integer),
     sa.Column("total", sa.Integer),
-    sa.Column("first_seen", sa.DateTime),
-    sa.Column("last_seen", sa.DateTime),
+    sa.Column("first_seen", DATETIME),
+    sa.Column("last_seen", DATETIME),
     *_timestamps(),
     sa.Index("ix_ioc_file_hashes_sha1", "sha1"),
     sa.Index("ix_ioc_file_hashes_md5", "md5"),
@@ -72,8 +81,8 @@ ioc_domains = sa.Table(
     sa.Column("positives", sa.Integer),
     sa.Column("detected_urls", sa.Integer),
     sa.Column("malicious_type", sa.String(64)),
-    sa.Column("first_seen", sa.DateTime),
-    sa.Column("last_seen", sa.DateTime),
+    sa.Column("first_seen", DATETIME),
+    sa.Column("last_seen", DATETIME),
     *_timestamps(),
 )
 
@@ -121,7 +130,7 @@ customer_ioc = sa.Table(
     sa.Column("action", _enum("customer_action", ("BLOCK", "ALLOW")), nullable=False),
     sa.Column("comment", sa.Text),
     sa.Column("submission_id", sa.String(128), nullable=False),
-    sa.Column("submitted_at", sa.DateTime, nullable=False),
+    sa.Column("submitted_at", DATETIME, nullable=False),
     *_timestamps(),
 )
 
@@ -136,8 +145,8 @@ submission_ledger = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("skip", sa.Boolean, nullable=False, default=False),
     sa.Column("rows_written", sa.Integer, nullable=False, default=0),
-    sa.Column("submitted_at", sa.DateTime),
-    sa.Column("processed_at", sa.DateTime, nullable=False),
+    sa.Column("submitted_at", DATETIME),
+    sa.Column("processed_at", DATETIME, nullable=False),
     sa.Index("ix_submission_ledger_identity", "identity_hash"),
 )
 
@@ -158,8 +167,8 @@ threat_actors = sa.Table(
     sa.Column("related", LONG_TEXT),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("removed", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("last_updated", sa.DateTime, nullable=False),
+    sa.Column("created_at", DATETIME, nullable=False),
+    sa.Column("last_updated", DATETIME, nullable=False),
     # content_hash@ATT&CK data version the techniques were computed from; differs => re-enrich.
     sa.Column("enriched_with", sa.String(128)),
 )
@@ -177,8 +186,8 @@ malware_families = sa.Table(
     sa.Column("updated", sa.String(32)),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("removed", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("last_updated", sa.DateTime, nullable=False),
+    sa.Column("created_at", DATETIME, nullable=False),
+    sa.Column("last_updated", DATETIME, nullable=False),
 )
 
 actor_techniques = sa.Table(
@@ -189,7 +198,7 @@ actor_techniques = sa.Table(
     sa.Column("technique_name", sa.String(255)),
     sa.Column("tactic", sa.String(255)),
     sa.Column("match_method", sa.String(32), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("confidence", FLOAT, nullable=False),
     sa.Column("attack_group", sa.String(255)),
 )
 
@@ -199,7 +208,7 @@ sync_state = sa.Table(
     metadata,
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("version", sa.String(64), nullable=False),
-    sa.Column("synced_at", sa.DateTime, nullable=False),
+    sa.Column("synced_at", DATETIME, nullable=False),
 )
 
 # Inputs that could not be used, with where they came from and why.
@@ -213,7 +222,7 @@ quarantine = sa.Table(
     sa.Column("byte_offset", sa.BigInteger),
     sa.Column("reason", sa.String(255), nullable=False),
     sa.Column("excerpt", sa.Text),
-    sa.Column("recorded_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    sa.Column("recorded_at", DATETIME, nullable=False, server_default=sa.func.current_timestamp()),
     sa.Index("ix_quarantine_asset_partition", "asset", "partition_key"),
 )
 
@@ -258,7 +267,7 @@ def _staging_type(arrow_type) -> sa.types.TypeEngine:
     if pa.types.is_integer(arrow_type):
         return sa.Integer()
     if pa.types.is_timestamp(arrow_type):
-        return sa.DateTime()
+        return DATETIME
     if pa.types.is_string(arrow_type):
         return LONG_TEXT  # as long as the target's longest text (detection_names): staging never cuts
     raise TypeError(f"no staging column type for {arrow_type}")

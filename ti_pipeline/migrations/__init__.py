@@ -29,10 +29,6 @@ LOCK_TIMEOUT_SECONDS = 600
 # later): a run or the CLI reports the revisions itself.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-# Every run process holds a Dagster instance, whose SQL storage registers MySQL compile hooks for the
-# generic DateTime and Float (DATETIME(6), FLOAT(32)). Loaded here too, so the DDL that migrations
-# create or print is the same whatever else the process imported.
-import dagster._core.storage.sql  # noqa: F401
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config

@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('technique_name', sa.String(length=255), nullable=True),
     sa.Column('tactic', sa.String(length=255), nullable=True),
     sa.Column('match_method', sa.String(length=32), nullable=False),
-    sa.Column('confidence', sa.Float(), nullable=False),
+    sa.Column('confidence', sa.Float().with_variant(mysql.FLOAT(), 'mariadb').with_variant(mysql.FLOAT(), 'mysql'), nullable=False),
     sa.Column('attack_group', sa.String(length=255), nullable=True),
     sa.PrimaryKeyConstraint('actor_id', 'technique_id')
     )
@@ -35,9 +35,9 @@ def upgrade() -> None:
     sa.Column('action', sa.Enum('BLOCK', 'ALLOW', name='customer_action'), nullable=False),
     sa.Column('comment', sa.Text(), nullable=True),
     sa.Column('submission_id', sa.String(length=128), nullable=False),
-    sa.Column('submitted_at', sa.DateTime(), nullable=False),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('submitted_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('org_id', 'ioc_type', 'value')
     )
     op.create_table('file_extension_classification',
@@ -45,8 +45,8 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=64), nullable=False),
     sa.Column('description', sa.Text(), nullable=True),
     sa.Column('sources', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('extension')
     )
     op.create_table('ioc_domains',
@@ -56,10 +56,10 @@ def upgrade() -> None:
     sa.Column('positives', sa.Integer(), nullable=True),
     sa.Column('detected_urls', sa.Integer(), nullable=True),
     sa.Column('malicious_type', sa.String(length=64), nullable=True),
-    sa.Column('first_seen', sa.DateTime(), nullable=True),
-    sa.Column('last_seen', sa.DateTime(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('first_seen', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
+    sa.Column('last_seen', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('domain')
     )
     op.create_table('ioc_file_hashes',
@@ -69,13 +69,13 @@ def upgrade() -> None:
     sa.Column('classification', sa.Enum('RANSOMWARE', 'MALTOOL', 'HACKTOOL', 'UNWANTED', 'MALWARE', 'SUSPICIOUS', 'BLACKLIST', 'AV_DETECTED', 'INDIFFERENT', 'UNKNOWN', 'WHITELIST', name='file_classification'), nullable=False),
     sa.Column('source', sa.Enum('VIRUS_TOTAL', 'MALWARE_BAZAAR', 'INTERNAL', 'SAGE_DUMP', 'TOKENS', name='file_source'), nullable=False),
     sa.Column('detection_names', sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mariadb').with_variant(mysql.MEDIUMTEXT(), 'mysql'), nullable=True),
-    sa.Column('scan_date', sa.DateTime(), nullable=True),
+    sa.Column('scan_date', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
     sa.Column('positives', sa.Integer(), nullable=True),
     sa.Column('total', sa.Integer(), nullable=True),
-    sa.Column('first_seen', sa.DateTime(), nullable=True),
-    sa.Column('last_seen', sa.DateTime(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('first_seen', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
+    sa.Column('last_seen', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('sha256')
     )
     with op.batch_alter_table('ioc_file_hashes', schema=None) as batch_op:
@@ -88,8 +88,8 @@ def upgrade() -> None:
     sa.Column('source', sa.Enum('VIRUS_TOTAL', 'MALWARE_BAZAAR', 'INTERNAL', 'SAGE_DUMP', 'TOKENS', name='ip_source'), nullable=False),
     sa.Column('malicious_type', sa.String(length=64), nullable=True),
     sa.Column('link', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('address')
     )
     op.create_table('ioc_tokens',
@@ -100,8 +100,8 @@ def upgrade() -> None:
     sa.Column('malicious_type', sa.String(length=64), nullable=True),
     sa.Column('source', sa.String(length=255), nullable=True),
     sa.Column('link', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('token')
     )
     op.create_table('malware_families',
@@ -115,8 +115,8 @@ def upgrade() -> None:
     sa.Column('updated', sa.String(length=32), nullable=True),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('removed', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('last_updated', sa.DateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
+    sa.Column('last_updated', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
     sa.PrimaryKeyConstraint('family_id')
     )
     op.create_table('quarantine',
@@ -127,7 +127,7 @@ def upgrade() -> None:
     sa.Column('byte_offset', sa.BigInteger(), nullable=True),
     sa.Column('reason', sa.String(length=255), nullable=False),
     sa.Column('excerpt', sa.Text(), nullable=True),
-    sa.Column('recorded_at', sa.DateTime(), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
+    sa.Column('recorded_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('quarantine', schema=None) as batch_op:
@@ -142,8 +142,8 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('skip', sa.Boolean(), nullable=False),
     sa.Column('rows_written', sa.Integer(), nullable=False),
-    sa.Column('submitted_at', sa.DateTime(), nullable=True),
-    sa.Column('processed_at', sa.DateTime(), nullable=False),
+    sa.Column('submitted_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=True),
+    sa.Column('processed_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
     sa.PrimaryKeyConstraint('submission_id')
     )
     with op.batch_alter_table('submission_ledger', schema=None) as batch_op:
@@ -152,7 +152,7 @@ def upgrade() -> None:
     op.create_table('sync_state',
     sa.Column('source', sa.String(length=64), nullable=False),
     sa.Column('version', sa.String(length=64), nullable=False),
-    sa.Column('synced_at', sa.DateTime(), nullable=False),
+    sa.Column('synced_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
     sa.PrimaryKeyConstraint('source')
     )
     op.create_table('threat_actors',
@@ -168,8 +168,8 @@ def upgrade() -> None:
     sa.Column('related', sa.Text().with_variant(mysql.MEDIUMTEXT(), 'mariadb').with_variant(mysql.MEDIUMTEXT(), 'mysql'), nullable=True),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('removed', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('last_updated', sa.DateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
+    sa.Column('last_updated', sa.DateTime().with_variant(mysql.DATETIME(), 'mariadb').with_variant(mysql.DATETIME(), 'mysql'), nullable=False),
     sa.Column('enriched_with', sa.String(length=128), nullable=True),
     sa.PrimaryKeyConstraint('actor_id')
     )
