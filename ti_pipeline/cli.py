@@ -203,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", help="snapshot JSON (default: the one `sample-data` wrote, else the shipped galaxy)")
     p.set_defaults(func=_cmd_malpedia_server)
 
+    from ti_pipeline import worker
+
+    p = sub.add_parser("worker", help="a Celery worker for the *_on_celery jobs (docs/deployment.md)",
+                       description=worker.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker.build_parser(p)
+    p.set_defaults(func=worker.run)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

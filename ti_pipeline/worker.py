@@ -146,8 +146,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def run(args: argparse.Namespace) -> int:
+    """``ti-pipeline worker``: one worker process, or ``--processes N`` of them under this one."""
     name = args.name or f"{'+'.join(args.queue)}-{uuid.uuid4().hex[:6]}@%h"
     if args.processes > 1:  # the children load and check the config; this process only watches them
         passed = [*(["-y", args.config] if args.config else []), *(["--broker", args.broker] if args.broker else []),
@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(passed, args.processes, name)
     config = load_config(args.config, args.broker, args.backend)
     return run_worker(config, resolve_queues(args.queue, config), name, args.loglevel)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
