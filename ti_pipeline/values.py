@@ -25,7 +25,7 @@ FUTURE_SLACK = timedelta(days=1)
 
 FILTER_CLASSIFICATION_NOT_IMPORTED = "classification_not_imported"
 
-_INT_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
 
 
 class InvalidValue(ValueError):
@@ -275,5 +275,9 @@ class ImportPolicy:
     def admits(self, classification: str | None) -> bool:
         return classification in self.classifications
 
+    def text(self) -> str:
+        """The admitted classifications in the ENUM's order: the ``import_classifications`` metadata."""
+        return ",".join(c for c in schema.FILE_CLASSIFICATIONS if c in self.classifications)
+
     def __repr__(self) -> str:
-        return f"ImportPolicy({','.join(c for c in schema.FILE_CLASSIFICATIONS if c in self.classifications)})"
+        return f"ImportPolicy({self.text()})"

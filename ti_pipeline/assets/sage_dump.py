@@ -123,11 +123,6 @@ def import_policy(warehouse: WarehouseResource) -> ImportPolicy:
         raise Failure(str(exc)) from None
 
 
-def policy_text(policy: ImportPolicy) -> str:
-    """The classifications the policy admits, in the ENUM's order."""
-    return ",".join(c for c in schema.FILE_CLASSIFICATIONS if policy.admits(c))
-
-
 SAMPLE_COLUMNS = {
     "ioc_file_hashes": ("sha256", "classification", "positives", "total", "scan_date", "detection_names"),
     "ioc_domains": ("domain", "classification", "source", "positives", "detected_urls", "last_seen"),
@@ -196,7 +191,7 @@ def _shard_asset(name: str, collection: str, description: str):
         extra = {"shard": shard, **load.file_metadata(store),
                  "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
         if collection == "file_rep":
-            extra["import_classifications"] = MetadataValue.text(policy_text(policy))
+            extra["import_classifications"] = MetadataValue.text(policy.text())
         yield MaterializeResult(asset_key=key, metadata=accounting_metadata(load.accounting, extra))
         yield reconcile_check(load.accounting, asset_key=key)
         yield key_check(wh, name, key)
@@ -223,7 +218,7 @@ ioc_domains = _shard_asset(
         AssetSpec(
             AssetKey([PREFIX, "ioc_tokens"]),
             group_name=GROUP,
-            description="Curated tokens (TOKENS, shard r01). DOMAIN tokens also overlay ioc_domains.",
+            description="Curated tokens (TOKENS, from every shard that holds it). DOMAIN tokens also overlay ioc_domains.",
             metadata={"dagster/table_name": "ioc_tokens"},
             kinds={"python", "sql"},
         ),
@@ -260,7 +255,7 @@ def ioc_tokens(
 @asset(
     key_prefix=[PREFIX],
     group_name=GROUP,
-    description="Extension types for double-extension detection (FILE_EXTENSION_CLASSIFICATION, shard r04).",
+    description="Extension types for double-extension detection (FILE_EXTENSION_CLASSIFICATION, from every shard that holds it).",
     check_specs=[_checks("file_extension_classification")[0]],
     pool="warehouse_writes",
     metadata={"dagster/table_name": "file_extension_classification"},

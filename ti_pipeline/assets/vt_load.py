@@ -13,7 +13,6 @@ from dagster import (
     asset,
 )
 
-from ti_pipeline import schema
 from ti_pipeline.assets.common import accounting_metadata, reconcile_check
 from ti_pipeline.loaders import IncompleteExport, LoaderError, load_day
 from ti_pipeline.partitions import vt_days
@@ -79,7 +78,7 @@ def vt_ioc_file_hashes(
     extra = {
         "day": day,
         "loader": settings.loader,
-        "import_policy": ",".join(c for c in schema.FILE_CLASSIFICATIONS if policy.admits(c)),
+        "import_classifications": policy.text(),
         "export_generation": MetadataValue.int(result.reports.manifest_generation),
         "sidecar_generation": MetadataValue.int(result.sidecar.manifest_generation),
         "parts": MetadataValue.int(len(result.reports.parts)),

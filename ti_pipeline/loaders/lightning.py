@@ -34,6 +34,9 @@ class LightningTask:
     pd_addr: str | None = None
 
 
+LIGHTNING_SQL_MODE = "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION"
+
+
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -57,7 +60,8 @@ def file_pattern(part_files: tuple[str, ...]) -> str:
 def lightning_config(task: LightningTask) -> str:
     """The TOML task config: local backend, listed Parquet parts routed to the staging table."""
     sections = [
-        _table("[lightning]", {"level": "info", "file": "-", "check-requirements": True}),
+        # max-error 0: a value the column cannot hold stops the import (the staged rows passed the value rules).
+        _table("[lightning]", {"level": "info", "file": "-", "check-requirements": True, "max-error": 0}),
         _table(
             "[checkpoint]",
             {"enable": True, "driver": "file", "dsn": task.checkpoint_dsn, "keep-after-success": "remove"},
@@ -79,6 +83,8 @@ def lightning_config(task: LightningTask) -> str:
                 "password": task.target.password,
                 "status-port": task.status_port,
                 "pd-addr": task.pd_addr,
+                # Strict: Lightning's default mode would truncate an over-long or out-of-range value silently.
+                "sql-mode": LIGHTNING_SQL_MODE,
             },
         ),
         _table("[post-restore]", {"checksum": "required", "analyze": "off"}),

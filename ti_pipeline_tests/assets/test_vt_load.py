@@ -68,7 +68,7 @@ def test_a_sample_day_fills_the_table_with_accounting_and_checks(tmp_path, wareh
         "read": 6, "written": 2, "filtered": 4, "rejected": 0, "unaccounted": 0, "inserted": 2, "updated": 0, "kept_older": 0,
     }
     assert (meta["filtered.classification_not_imported"], meta["not_imported.UNKNOWN"], meta["not_imported.WHITELIST"]) == (4, 3, 1)
-    assert meta["import_policy"] == "RANSOMWARE,MALTOOL,HACKTOOL,UNWANTED,MALWARE,SUSPICIOUS,BLACKLIST,AV_DETECTED"
+    assert meta["import_classifications"] == "RANSOMWARE,MALTOOL,HACKTOOL,UNWANTED,MALWARE,SUSPICIOUS,BLACKLIST,AV_DETECTED"
     assert (meta["loader"], meta["day"], meta["parts"], meta["dagster/row_count"]) == ("sql", DAY, 2, 2)
     assert checks(result) == {"counts_reconcile": True, "sha256s_present": True}
     assert stored(warehouse_url) == {sha256_of(1): "MALWARE", sha256_of(3): "MALWARE"}

@@ -31,7 +31,7 @@ TASK = LightningTask(
 
 def test_the_task_config_is_exactly_what_lightning_needs():
     assert tomllib.loads(lightning_config(TASK)) == {
-        "lightning": {"level": "info", "file": "-", "check-requirements": True},
+        "lightning": {"level": "info", "file": "-", "check-requirements": True, "max-error": 0},
         "checkpoint": {
             "enable": True,
             "driver": "file",
@@ -59,6 +59,7 @@ def test_the_task_config_is_exactly_what_lightning_needs():
             "password": 'p"w\\1',
             "status-port": 10080,
             "pd-addr": "pd-0.internal:2379",
+            "sql-mode": "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION",
         },
         "post-restore": {"checksum": "required", "analyze": "off"},
     }

@@ -173,6 +173,7 @@ def test_upper_case_hash_is_normalised():
         (file_doc(positives=2**31), "out_of_range:positives"),
         (file_doc(total=Int64(-(2**31) - 1)), "out_of_range:total"),
         (file_doc(total="abc"), "invalid_number:total"),
+        (file_doc(total="\u0661\u0664"), "invalid_number:total"),
         (file_doc(positives=float("nan")), "invalid_number:positives"),
         (file_doc(positives=2.5), "invalid_number:positives"),
         ({**file_doc(), "firstSeen": float("nan")}, "invalid_timestamp:firstSeen"),
@@ -183,7 +184,7 @@ def test_upper_case_hash_is_normalised():
         (file_doc(scan_date=17), "invalid_scan_date"),
         (file_doc(scan_date="2020-11-08 12:00:01"), "in_future:scan_date"),
     ],
-    ids=["positives-int32", "total-int32", "total-abc", "positives-nan", "positives-fraction", "firstSeen-nan",
+    ids=["positives-int32", "total-int32", "total-abc", "total-arabic-indic-digits", "positives-nan", "positives-fraction", "firstSeen-nan",
          "lastUpdate-inf", "lastUpdate-1e18", "firstSeen-word", "scan_date-9999-99-99", "scan_date-type",
          "scan_date-future"],
 )
