@@ -66,10 +66,10 @@ def plain_pass(path: Path) -> dict:
 
 def run_path(path: Path, warehouse_url: str, workers: int) -> dict:
     """The asset's path in this (child) process; prints its figures as JSON."""
-    from ti_pipeline import migrations
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core import migrations
+    from ti_pipeline.core.objectstore import LocalStore
+    from ti_pipeline.core.warehouse import Warehouse
     from ti_pipeline.sage.load import load_dump_file
-    from ti_pipeline.warehouse import Warehouse
 
     migrations.upgrade(warehouse_url)
     warehouse = Warehouse(warehouse_url)
@@ -101,7 +101,7 @@ def fresh_warehouse(base_url: str | None, tag: str) -> str:
     if base_url:
         import sqlalchemy as sa
 
-        from ti_pipeline import migrations, schema
+        from ti_pipeline.core import migrations, schema
 
         migrations.upgrade(base_url)
         engine = sa.create_engine(base_url)

@@ -24,13 +24,13 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from ti_pipeline import migrations, schema
-from ti_pipeline.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
-from ti_pipeline.loaders import LoadSettings, load_day
-from ti_pipeline.loaders.sql import write_tsv
-from ti_pipeline.objectstore import LocalStore
-from ti_pipeline.values import ImportPolicy
-from ti_pipeline.warehouse import Warehouse
+from ti_pipeline.core import migrations, schema
+from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
+from ti_pipeline.core.objectstore import LocalStore
+from ti_pipeline.core.values import ImportPolicy
+from ti_pipeline.core.warehouse import Warehouse
+from ti_pipeline.vt.load import LoadSettings, load_day
+from ti_pipeline.vt.load.sql import write_tsv
 
 CLASSES = np.array(["MALWARE", "RANSOMWARE", "UNWANTED", "HACKTOOL", None], dtype=object)
 # Every row is merged (the UNKNOWN ones too), so the figures compare with earlier runs of this bench.
@@ -68,7 +68,7 @@ def write_export(store: LocalStore, day: str, reports: pa.Table, sidecar: pa.Tab
 
     import pyarrow.parquet as pq
 
-    from ti_pipeline.exports import part_name, success_name
+    from ti_pipeline.core.exports import part_name, success_name
 
     for dataset, table in (("vt_file_reports", reports), ("broccoli_classifications", sidecar)):
         parts = []

@@ -19,9 +19,9 @@ from pathlib import Path
 from Crypto.PublicKey import RSA
 from dagster import DagsterInstance, materialize
 
-from ti_pipeline.assets.submissions import customer_ioc
-from ti_pipeline.objectstore import LocalStore
-from ti_pipeline.resources import ObjectStoreResource, PrivateKeyFileResource, WarehouseResource
+from ti_pipeline.core.objectstore import LocalStore
+from ti_pipeline.defs.resources import ObjectStoreResource, PrivateKeyFileResource, WarehouseResource
+from ti_pipeline.defs.submissions.assets import customer_ioc
 from ti_pipeline.submissions import crypto, lake
 from ti_pipeline.submissions.process import process_submission
 

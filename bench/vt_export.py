@@ -87,7 +87,7 @@ def measure(kind: str, feed: Path, out: Path, workers: int, repeat: int) -> dict
     import orjson  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day
 
     paths = sorted(p for p in feed.rglob("*T*") if p.is_file())
@@ -121,7 +121,7 @@ def measure(kind: str, feed: Path, out: Path, workers: int, repeat: int) -> dict
 
 def _once(kind: str, paths: list[Path], feed: Path, out: Path, workers: int, result: dict, cpu0: float) -> float:
     """One pass of ``kind``; returns the CPU clock reading to count from (parsers exclude reading)."""
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day
 
     if kind in ("export", "pool"):
@@ -156,7 +156,7 @@ def _once(kind: str, paths: list[Path], feed: Path, out: Path, workers: int, res
 
 def _parse(parser: str, body: bytes) -> int:
     if parser == "msgspec+rules":  # what a worker does after decompression, without Arrow
-        from ti_pipeline.accounting import Accounting
+        from ti_pipeline.core.accounting import Accounting
         from ti_pipeline.vt.records import DECODER, evaluate
 
         acc, now = Accounting(), datetime.now(UTC).replace(tzinfo=None)

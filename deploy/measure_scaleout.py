@@ -2,7 +2,7 @@
 
     python deploy/measure_scaleout.py rss [--workers 2]
         Peak RSS of each heavy step (the step process plus its pool of ``workers`` processes), run by
-        ``dagster job execute`` on the sample data: the memory a Kubernetes step pod requests.
+        ``dagster asset materialize`` (one asset per run) on the sample data: the memory a Kubernetes step pod requests.
 
     python deploy/measure_scaleout.py celery --days 4 --celery-workers 1 2 [--pool threads]
         A VT backfill of ``--days`` days (one run per day, ``workers`` processes in each step) through
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -70,10 +69,9 @@ class TreeRss:
                 try:
                     own = step.memory_info().rss
                     pool = [c.memory_info().rss for c in step.children(recursive=True)]
-                    name = " ".join(step.cmdline()[-2:])[:60]
                 except psutil.Error:
                     continue
-                peak = self.peaks.setdefault(step.pid, {"name": name, "total": 0, "step": 0, "worker": 0})
+                peak = self.peaks.setdefault(step.pid, {"total": 0, "step": 0, "worker": 0})
                 peak["total"] = max(peak["total"], own + sum(pool))
                 peak["step"] = max(peak["step"], own)
                 peak["worker"] = max([peak["worker"], *pool])
@@ -86,7 +84,7 @@ class TreeRss:
 
 
 def measure_rss(args: argparse.Namespace) -> None:
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.sample_data.sage import write_sage_dump
     from ti_pipeline.sample_data.vt import write_vt_feed
 
@@ -96,28 +94,30 @@ def measure_rss(args: argparse.Namespace) -> None:
         write_sage_dump(LocalStore(base / "sage_dump"), docs_per_shard=args.docs_per_shard)
         home = new_home(base)
         env = clean_env(base, home)
+        # One asset per run, so the one step process with a pool is that asset's step.
         cases = [
-            ("vt_file_reports_job", {"dagster/partition": "2020-11-01"}, ["vt_file_reports"]),
-            ("sage_dump_shards_job", {"dagster/partition": "r01"}, ["sage_dump__ioc_file_hashes", "sage_dump__ioc_domains"]),
+            ("vt_file_reports", "2020-11-01", "vt_file_reports"),
+            ("sage_dump/ioc_file_hashes", "r01", "sage_dump__ioc_file_hashes"),
+            ("sage_dump/ioc_domains", "r01", "sage_dump__ioc_domains"),
         ]
         print("| step | workers | peak RSS step + pool MiB | step process MiB | largest pool worker MiB |")
         print("|---|---:|---:|---:|---:|")
-        for job, tags, ops in cases:
-            config = base / f"{job}.yaml"
-            config.write_text(yaml.safe_dump({"ops": {op: {"config": {"workers": args.workers}} for op in ops}}))
+        for asset, partition, op in cases:
+            config = base / f"{op}.yaml"
+            config.write_text(yaml.safe_dump({"ops": {op: {"config": {"workers": args.workers}}}}))
             proc = subprocess.Popen(
-                [str(BIN / "dagster"), "job", "execute", "-m", "ti_pipeline.definitions", "-j", job,
-                 "-c", str(config), "--tags", json.dumps(tags)],
+                [str(BIN / "dagster"), "asset", "materialize", "-m", "ti_pipeline.definitions", "--select", asset,
+                 "--partition", partition, "-c", str(config)],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             tree = TreeRss(proc.pid)
             code = proc.wait()
             for peak in tree.stop():
-                if peak["worker"]:  # a step process with a pool (not the resource tracker)
-                    print(f"| {job} {peak['name']} | {args.workers} | {peak['total'] / 2**20:.0f} | "
+                if peak["worker"]:  # the step process with a pool (not the resource tracker)
+                    print(f"| {asset} | {args.workers} | {peak['total'] / 2**20:.0f} | "
                           f"{peak['step'] / 2**20:.0f} | {peak['worker'] / 2**20:.0f} |")
             if code:
-                print(f"{job} exited {code}")
+                print(f"{asset} exited {code}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -137,7 +137,7 @@ def cpu_seconds(proc: psutil.Process) -> float:
 def write_feed(root: Path, days: list[str], packages: int, reports: int) -> int:
     """The sample generator's first day, copied under every other day's name (generating is ~10x
     slower than exporting; the days' contents need not differ for a timing)."""
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.sample_data.vt import write_vt_feed
 
     first = days[0].replace("-", "")
@@ -180,7 +180,7 @@ class Pinger:
     worker that was running a step at the time."""
 
     def __init__(self, config: dict):
-        from ti_pipeline.worker import worker_app
+        from ti_pipeline.defs.worker import worker_app
 
         self.app = worker_app(config)
         self.asked = self.answered = self.busy = 0
@@ -203,7 +203,7 @@ class Pinger:
 
 
 def celery_backfill(base: Path, feed: Path, days: list[str], count: int, args) -> tuple[float, float, str]:
-    from ti_pipeline.worker import load_config
+    from ti_pipeline.defs.worker import load_config
 
     shutil.copytree(feed, base)
     home = new_home(base)
@@ -219,7 +219,7 @@ def celery_backfill(base: Path, feed: Path, days: list[str], count: int, args) -
     (base / "run.yaml").write_text(yaml.safe_dump(config))
     log = open(base / "worker.log", "wb")
     if args.pool == "threads":
-        cmd = [sys.executable, "-m", "ti_pipeline.worker", "-y", str(base / "run.yaml"), "-q", "heavy",
+        cmd = [sys.executable, "-m", "ti_pipeline.defs.worker", "-y", str(base / "run.yaml"), "-q", "heavy",
                "--processes", str(count)]
     else:  # for comparison: one Celery process with another pool and concurrency
         cmd = [sys.executable, "-c", _OTHER_POOL, str(base / "run.yaml"), queue, args.pool, str(count)]
@@ -253,7 +253,7 @@ def celery_backfill(base: Path, feed: Path, days: list[str], count: int, args) -
 _RUN = """
 import sys, yaml
 from dagster import DagsterInstance, execute_job
-from ti_pipeline.distributed import reconstructable_job
+from ti_pipeline.defs.scale_out import reconstructable_job
 job = reconstructable_job("vt_file_reports_on_celery")
 job.get_definition()
 print("loaded", flush=True)
@@ -290,7 +290,7 @@ class RunProcesses:
 # A worker with another pool, for comparison with the threads pool `ti-pipeline worker` uses.
 _OTHER_POOL = """
 import sys
-from ti_pipeline.worker import load_config, worker_app
+from ti_pipeline.defs.worker import load_config, worker_app
 import ti_pipeline.definitions
 config = load_config(sys.argv[1])
 app = worker_app(config)

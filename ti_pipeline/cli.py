@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ti_pipeline import settings
+from ti_pipeline.core import settings
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     """The SQL of the migrations up to head, as ``migrate`` runs it: what a DBA reviews or applies."""
-    from ti_pipeline import migrations
+    from ti_pipeline.core import migrations
 
     sys.stdout.write(migrations.offline_sql(args.dialect))
     return 0
@@ -19,7 +19,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
-    from ti_pipeline import migrations
+    from ti_pipeline.core import migrations
 
     if args.revision:
         if not (args.message or args.replace):
@@ -44,8 +44,8 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ti_pipeline.demo import run_demo
     from ti_pipeline.sample_data.all import write_all
+    from ti_pipeline.sample_data.demo import run_demo
 
     print(f"sample data under {settings.data_dir()} ...")
     write_all(docs_per_shard=args.docs_per_shard, seed=0)
@@ -58,7 +58,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_counts(_args: argparse.Namespace) -> int:
-    from ti_pipeline.demo import table_counts
+    from ti_pipeline.sample_data.demo import table_counts
 
     _print_counts(table_counts())
     return 0
@@ -88,7 +88,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     """Encrypt a file for the archive's public key and publish it to the submissions lake."""
     from pathlib import Path
 
-    from ti_pipeline.objectstore import open_store
+    from ti_pipeline.core.objectstore import open_store
     from ti_pipeline.submissions import crypto, lake
 
     try:
@@ -115,8 +115,8 @@ def _cmd_malpedia_server(args: argparse.Namespace) -> int:
     """Serve the Malpedia API on loopback from the sample snapshot (or the shipped galaxy data)."""
     from pathlib import Path
 
-    from ti_pipeline.malpedia.local_server import serve_forever
     from ti_pipeline.sample_data.malpedia import snapshot_path
+    from ti_pipeline.sample_data.malpedia_server import serve_forever
 
     serve_forever(args.host, args.port, Path(args.snapshot) if args.snapshot else snapshot_path())
     return 0
@@ -125,8 +125,8 @@ def _cmd_malpedia_server(args: argparse.Namespace) -> int:
 def _cmd_lookup(args: argparse.Namespace) -> int:
     import json
 
-    from ti_pipeline.lookup import lookup, render
-    from ti_pipeline.warehouse import Warehouse
+    from ti_pipeline.core.lookup import lookup, render
+    from ti_pipeline.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings.resolve("TI_WAREHOUSE_URL"))
     found = lookup(warehouse, args.value)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", help="snapshot JSON (default: the one `sample-data` wrote, else the shipped galaxy)")
     p.set_defaults(func=_cmd_malpedia_server)
 
-    from ti_pipeline import worker
+    from ti_pipeline.defs import worker
 
     p = sub.add_parser("worker", help="a Celery worker for the *_on_celery jobs (docs/deployment.md)",
                        description=worker.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline import migrations
-from ti_pipeline.warehouse import Warehouse
+from ti_pipeline.core import migrations
+from ti_pipeline.core.warehouse import Warehouse
 
 MYSQL_SERVER = os.environ.get("TI_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 

@@ -1,8 +1,8 @@
 import subprocess
 import sys
 
-from ti_pipeline import migrations
 from ti_pipeline.cli import main
+from ti_pipeline.core import migrations
 
 DUMP_TABLES = ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification")
 

@@ -12,9 +12,9 @@ import yaml
 from dagster import AssetKey, DagsterInstance, materialize
 from dagster._core.instance.config import dagster_instance_config
 
-from ti_pipeline.assets.sage_dump import file_extension_classification
-from ti_pipeline.objectstore import LocalStore
-from ti_pipeline.resources import ObjectStoreResource, WarehouseResource
+from ti_pipeline.core.objectstore import LocalStore
+from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
+from ti_pipeline.defs.sage_dump import file_extension_classification
 from ti_pipeline.sample_data.sage import dump_name, extension_docs, write_dump_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_production_storage_records_a_run_on_postgres(tmp_path, monkeypatch, pos
 def test_the_celery_example_config_is_what_runs_and_workers_accept(monkeypatch):
     """deploy/celery.yaml validates as the *_on_celery jobs' executor config (the workers read it the
     same way), and the worker Deployments run `ti-pipeline worker` on the heavy and warehouse queues."""
-    from ti_pipeline.worker import build_parser, load_config, resolve_queues
+    from ti_pipeline.defs.worker import build_parser, load_config, resolve_queues
 
     monkeypatch.setenv("TI_CELERY_BROKER", "redis://redis:6379/0")
     monkeypatch.setenv("TI_CELERY_BACKEND", "redis://redis:6379/1")

@@ -1,7 +1,7 @@
 """SIGKILL a real run at named points of heavy work, re-run it, and compare with an uninterrupted run.
 
 Runs go through the ``dagster asset materialize`` CLI in a child process; ``TI_FAILPOINTS`` makes the
-child kill itself exactly at the point named (see ti_pipeline/failpoints.py).
+child kill itself exactly at the point named (see ti_pipeline/core/failpoints.py).
 """
 
 import hashlib

@@ -33,10 +33,10 @@ from urllib.parse import quote, urlparse
 
 import orjson
 
-from ti_pipeline import keys
 from ti_pipeline.broccoli.labels import map_label
 from ti_pipeline.broccoli.tokens import GoogleTokens, TokenProvider
-from ti_pipeline.http_retry import (
+from ti_pipeline.core import keys
+from ti_pipeline.core.retry import (
     HEAD_BYTES,
     MAX_RESPONSE_BYTES,
     ResponseTooLarge,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ti_pipeline.values import classification_of
+from ti_pipeline.core.values import classification_of
 
 UNKNOWN = "UNKNOWN"
 

@@ -20,12 +20,12 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ti_pipeline.accounting import Accounting, QuarantineRecord
 from ti_pipeline.broccoli import sidecar
 from ti_pipeline.broccoli.client import FAILED, FOUND, NOT_FOUND, REJECTED, BroccoliClient, Lookup
 from ti_pipeline.broccoli.labels import UNKNOWN, map_label
 from ti_pipeline.broccoli.selection import without
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 

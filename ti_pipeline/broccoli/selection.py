@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from ti_pipeline import schema
+from ti_pipeline.core import schema
 
 UNCLASSIFIED = ("AV_DETECTED", "UNKNOWN")
 CLASSIFIED = tuple(c for c in schema.FILE_CLASSIFICATIONS if c not in UNCLASSIFIED)

@@ -1,6 +1,6 @@
 """The classification sidecar of one VT export day: what to look up, checkpoints, and publishing.
 
-Layout (``ti_pipeline.exports``): the export day's SHA1s come from the parts listed in
+Layout (``ti_pipeline.core.exports``): the export day's SHA1s come from the parts listed in
 ``vt_file_reports/date=D/_SUCCESS``; the sidecar is ``broccoli_classifications/date=D/part-NNNNN.parquet``
 plus its own ``_SUCCESS`` written last. While a day is being looked up, every finished batch of lookups
 is saved as a checkpoint part under ``broccoli_classifications-checkpoints/date=D/`` so a run that
@@ -24,16 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ti_pipeline import keys
 from ti_pipeline.broccoli.client import FOUND, NOT_FOUND, REJECTED, Lookup
-from ti_pipeline.exports import (
+from ti_pipeline.core import keys
+from ti_pipeline.core.exports import (
     BROCCOLI_CLASSIFICATIONS,
     SUCCESS_MARKER,
     part_name,
     partition_prefix,
     success_name,
 )
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.objectstore import ObjectStore
 
 EXPORT_DATASET = "vt_file_reports"
 SIDECAR_DATASET = "broccoli_classifications"

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from ti_pipeline.http_retry import backoff_seconds
+from ti_pipeline.core.retry import backoff_seconds
 
 DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
 

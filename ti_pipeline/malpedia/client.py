@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ti_pipeline.http_retry import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped, retry_after_seconds
+from ti_pipeline.core.retry import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped, retry_after_seconds
 from ti_pipeline.malpedia.budget import RequestBudget, retry_delay
 
 log = logging.getLogger(__name__)

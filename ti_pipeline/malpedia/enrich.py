@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from ti_pipeline import schema
-from ti_pipeline.accounting import Accounting
+from ti_pipeline.core import schema
+from ti_pipeline.core.accounting import Accounting
+from ti_pipeline.core.warehouse import Warehouse, batched
 from ti_pipeline.malpedia.attack import AttackCatalog, technique_rows
-from ti_pipeline.warehouse import Warehouse, batched
 
 
 @dataclass

@@ -20,8 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ti_pipeline import schema
-from ti_pipeline.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core import schema
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.warehouse import MergeRule, Warehouse
 from ti_pipeline.malpedia.client import MalpediaClient, MalpediaError
 from ti_pipeline.malpedia.records import (
     Changes,
@@ -31,7 +32,6 @@ from ti_pipeline.malpedia.records import (
     detect_changes,
     family_row,
 )
-from ti_pipeline.warehouse import MergeRule, Warehouse
 
 SOURCE = "malpedia"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ti_pipeline import keys
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core import keys
+from ti_pipeline.core.objectstore import ObjectStore
 
 PRODUCTION_SHARD_DIR = "cr-mongo-shard-{shard}.cybereason.net"
 PLAIN_SHARD_DIR = "{shard}"

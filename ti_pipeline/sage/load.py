@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ti_pipeline import schema
-from ti_pipeline.accounting import Accounting
-from ti_pipeline.failpoints import failpoint
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core import schema
+from ti_pipeline.core.accounting import Accounting
+from ti_pipeline.core.failpoints import failpoint
+from ti_pipeline.core.objectstore import ObjectStore
+from ti_pipeline.core.values import ImportPolicy
+from ti_pipeline.core.warehouse import MergeRule, Warehouse
 from ti_pipeline.sage.bson_stream import GzipStream
 from ti_pipeline.sage.pipeline import process_stream
 from ti_pipeline.sage.rules import RuleContext
-from ti_pipeline.values import ImportPolicy
-from ti_pipeline.warehouse import MergeRule, Warehouse
 
 TABLES = {t.name: t for t in schema.metadata.sorted_tables}
 # How a dump row merges with what a table already holds: the newest scan wins, curated TOKENS

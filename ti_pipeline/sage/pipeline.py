@@ -17,8 +17,8 @@ from typing import BinaryIO
 import bson
 from bson.codec_options import CodecOptions
 
-from ti_pipeline.accounting import Accounting, QuarantineRecord
-from ti_pipeline.procpool import spawn_pool
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.procpool import spawn_pool
 from ti_pipeline.sage.bson_stream import Block, Corrupt, GzipStream, document_offsets, iter_blocks
 from ti_pipeline.sage.rules import RULES, Filtered, Rejected, RuleContext
 

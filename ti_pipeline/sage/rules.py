@@ -2,7 +2,7 @@
 
 Each function takes the document and the ``RuleContext`` of the load (import policy, the time "now"
 is) and returns ``(table, row)`` pairs, or raises ``Filtered`` (a named rule drops it on purpose) or
-``Rejected`` (it cannot be used, with the reason). Values are read through ``ti_pipeline.values``,
+``Rejected`` (it cannot be used, with the reason). Values are read through ``ti_pipeline.core.values``,
 the rules both feeders share: old records carry numbers as int32/int64/double or strings, and
 strings that are missing or of another type; a value no column can hold as it is rejects its record.
 """
@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from ti_pipeline import keys, values
-from ti_pipeline.values import ImportPolicy, InvalidValue
+from ti_pipeline.core import keys, values
+from ti_pipeline.core.values import ImportPolicy, InvalidValue
 
 Rows = list[tuple[str, dict]]
 

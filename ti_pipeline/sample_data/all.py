@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ti_pipeline import settings
-from ti_pipeline.objectstore import open_store
+from ti_pipeline.core import settings
+from ti_pipeline.core.objectstore import open_store
 from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
 from ti_pipeline.sample_data.malpedia import write_malpedia_snapshot
 from ti_pipeline.sample_data.sage import write_sage_dump

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import orjson
 
-from ti_pipeline import keys
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core import keys
+from ti_pipeline.core.objectstore import ObjectStore
 
 LABELS = [
     ("malware", 40),

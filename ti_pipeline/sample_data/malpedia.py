@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ti_pipeline import settings
-from ti_pipeline.malpedia.galaxy import MalpediaSnapshot
+from ti_pipeline.core import settings
+from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot
 
 
 def snapshot_path() -> Path:

@@ -24,8 +24,8 @@ import bson
 from bson.binary import Binary
 from bson.int64 import Int64
 
-from ti_pipeline import keys
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core import keys
+from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.sage import layout
 
 ENGINES = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.submissions import crypto, lake
 
 SHA256_A = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"

@@ -25,7 +25,7 @@ import random
 import tarfile
 from datetime import UTC, date, datetime, timedelta
 
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.sample_data.sage import ENGINES, FAMILIES
 
 SAMPLE_DAYS = ("2020-11-01", "2020-11-02", "2020-11-03")

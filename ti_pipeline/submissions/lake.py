@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
 
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.submissions import crypto
 from ti_pipeline.submissions.crypto import RandFunc
 

@@ -23,7 +23,7 @@ from stix2patterns.v21.grammars.STIXPatternParser import STIXPatternParser as Gr
 from stix2patterns.v21.grammars.STIXPatternVisitor import STIXPatternVisitor
 from stix2patterns.v21.pattern import Pattern
 
-from ti_pipeline import keys, schema
+from ti_pipeline.core import keys, schema
 from ti_pipeline.submissions.identity import MAX_DEPTH, TooDeep, depth
 
 IOC_TYPES = ("md5", "sha1", "sha256", "domain", "ip", "url")

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from Crypto.PublicKey import RSA
 
-from ti_pipeline.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
 from ti_pipeline.submissions import crypto
 from ti_pipeline.submissions.identity import TooDeep, identity_hash
 from ti_pipeline.submissions.lake import MAX_PAYLOAD_BYTES, SubmissionMeta

@@ -40,12 +40,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ti_pipeline import keys
-from ti_pipeline.accounting import Accounting, QuarantineRecord
-from ti_pipeline.exports import VT_FILE_REPORTS, part_name, partition_prefix, success_name
-from ti_pipeline.failpoints import failpoint
-from ti_pipeline.objectstore import ObjectInfo, ObjectStore, open_store
-from ti_pipeline.procpool import spawn_pool
+from ti_pipeline.core import keys
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, partition_prefix, success_name
+from ti_pipeline.core.failpoints import failpoint
+from ti_pipeline.core.objectstore import ObjectInfo, ObjectStore, open_store
+from ti_pipeline.core.procpool import spawn_pool
 from ti_pipeline.vt import records
 from ti_pipeline.vt.package import PackageResult, SourceError, read_package
 

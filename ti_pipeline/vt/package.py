@@ -28,8 +28,8 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from ti_pipeline.accounting import Accounting, QuarantineRecord
-from ti_pipeline.exports import VT_FILE_REPORTS
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.exports import VT_FILE_REPORTS
 from ti_pipeline.vt import records
 
 CHUNK_BYTES = 1 << 20

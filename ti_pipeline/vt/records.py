@@ -6,7 +6,7 @@ Only the fields the export needs are declared; msgspec skips the rest of each li
 it, which is what keeps parsing ~10x cheaper than the bz2 decompression in front of it
 (``bench/vt_export.py`` measures msgspec against orjson and ``json.loads`` on the same lines).
 
-Values become columns through ``ti_pipeline.values``, the rules the Sage dump uses too: numbers are
+Values become columns through ``ti_pipeline.core.values``, the rules the Sage dump uses too: numbers are
 decoded as whatever JSON type they arrive in and read by ``values.as_int``, hashes by
 ``values.digest_bytes``, the v2 ``scan_date`` by ``values.parse_scan_date`` and detection lists by
 ``values.detection_names``. A value no column can hold is one rejected line, never a failed day.
@@ -20,12 +20,12 @@ from typing import NamedTuple
 
 import msgspec
 
-from ti_pipeline import values
-from ti_pipeline.accounting import Accounting
+from ti_pipeline.core import values
+from ti_pipeline.core.accounting import Accounting
 
 # Named rules (filtered) and reasons (rejected), as they appear in the accounting. Reasons of a
 # value (``invalid_number:positives``, ``out_of_range:scan_date``, ``in_future:scan_date``,
-# ``value_too_long:detection_names`` ...) come from ``ti_pipeline.values``.
+# ``value_too_long:detection_names`` ...) come from ``ti_pipeline.core.values``.
 FILTER_NOT_FOUND = "not_found"  # v2 response_code 0: VT had no report for the hash
 FILTER_POSITIVES_ZERO = "positives_zero"
 FILTER_SUPERSEDED = "superseded_by_newer_scan"  # dedup: a newer scan of the same sha256 that day

@@ -8,7 +8,7 @@ from datetime import date
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.vt.export import read_manifest
 
 

@@ -10,7 +10,6 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from ti_pipeline.accounting import QuarantineRecord
 from ti_pipeline.broccoli.client import (
     FAILED,
     FOUND,
@@ -22,7 +21,10 @@ from ti_pipeline.broccoli.client import (
 )
 from ti_pipeline.broccoli.pipeline import classify_day, run_async
 from ti_pipeline.broccoli.tokens import GoogleTokens
-from ti_pipeline.http_retry import (
+from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.keys import InvalidKey
+from ti_pipeline.core.objectstore import LocalStore
+from ti_pipeline.core.retry import (
     MAX_RESPONSE_BYTES,
     READ_CHUNK_BYTES,
     ResponseTooLarge,
@@ -30,8 +32,6 @@ from ti_pipeline.http_retry import (
     read_capped,
     retry_after_seconds,
 )
-from ti_pipeline.keys import InvalidKey
-from ti_pipeline.objectstore import LocalStore
 from ti_pipeline_tests.broccoli.conftest import FAST
 from ti_pipeline_tests.broccoli.server import BigBody
 from ti_pipeline_tests.broccoli.vt_export import write_vt_export

@@ -1,8 +1,8 @@
 import pytest
 
 from ti_pipeline.broccoli.labels import map_label
-from ti_pipeline.schema import FILE_CLASSIFICATIONS
-from ti_pipeline.values import CLASSIFICATION_WORDS
+from ti_pipeline.core.schema import FILE_CLASSIFICATIONS
+from ti_pipeline.core.values import CLASSIFICATION_WORDS
 
 
 def test_every_mapped_value_is_a_classification_enum_value():

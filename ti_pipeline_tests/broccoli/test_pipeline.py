@@ -6,13 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline import schema
 from ti_pipeline.broccoli import sidecar
 from ti_pipeline.broccoli.client import BroccoliClient
 from ti_pipeline.broccoli.pipeline import DayOptions, classify_day
 from ti_pipeline.broccoli.selection import already_classified
-from ti_pipeline.exports import BROCCOLI_CLASSIFICATIONS, success_name
-from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.core import schema
+from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, success_name
+from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline_tests.broccoli.conftest import FAST
 from ti_pipeline_tests.broccoli.vt_export import sha1, write_vt_export
 

@@ -2,7 +2,7 @@ import orjson
 
 from ti_pipeline.broccoli.client import parse_report
 from ti_pipeline.broccoli.labels import map_label
-from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
 from ti_pipeline.sample_data.vt import file_hashes
 

@@ -1,4 +1,4 @@
-"""Small ``vt_file_reports`` partitions written with the schema of ``ti_pipeline.exports``, for the tests."""
+"""Small ``vt_file_reports`` partitions written with the schema of ``ti_pipeline.core.exports``, for the tests."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ti_pipeline.exports import VT_FILE_REPORTS, part_name, success_name
-from ti_pipeline.objectstore import ObjectStore
+from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.core.objectstore import ObjectStore
 
 
 def sha1(n: int) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ti_pipeline.malpedia.galaxy import MalpediaSnapshot
-from ti_pipeline.malpedia.local_server import LocalMalpediaServer
+from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot
+from ti_pipeline.sample_data.malpedia_server import LocalMalpediaServer
 from ti_pipeline_tests.malpedia.snapshots import galaxy_snapshot, small_snapshot
 
 

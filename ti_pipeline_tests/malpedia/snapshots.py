@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from functools import cache
 
-from ti_pipeline.malpedia.galaxy import MalpediaSnapshot
+from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot
 
 
 @cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ti_pipeline.http_retry import retry_after_seconds
+from ti_pipeline.core.retry import retry_after_seconds
 from ti_pipeline.malpedia.budget import DEFAULT_LIMITS, RequestBudget, retry_delay
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from ti_pipeline.malpedia.budget import RequestBudget
 from ti_pipeline.malpedia.client import MalpediaClient, MalpediaError
-from ti_pipeline.malpedia.local_server import LocalMalpediaServer
+from ti_pipeline.sample_data.malpedia_server import LocalMalpediaServer
 from ti_pipeline_tests.broccoli.server import BigBody, BroccoliServer
 
 UNLIMITED = [(1_000_000, 60.0)]

@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from ti_pipeline.malpedia.galaxy import MalpediaSnapshot, actor_id
-from ti_pipeline.malpedia.local_server import LocalMalpediaServer, load_snapshot, serving
+from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot, actor_id
+from ti_pipeline.sample_data.malpedia_server import LocalMalpediaServer, load_snapshot, serving
 
 
 def get(url: str):

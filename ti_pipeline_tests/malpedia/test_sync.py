@@ -9,7 +9,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ti_pipeline import schema
+from ti_pipeline.core import schema
 from ti_pipeline.malpedia.attack import AttackCatalog
 from ti_pipeline.malpedia.budget import RequestBudget
 from ti_pipeline.malpedia.client import MalpediaClient

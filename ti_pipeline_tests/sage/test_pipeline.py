@@ -6,7 +6,7 @@ import zlib
 import bson
 import pytest
 
-from ti_pipeline.accounting import Accounting
+from ti_pipeline.core.accounting import Accounting
 from ti_pipeline.sage.bson_stream import GzipStream
 from ti_pipeline.sage.load import rule_context
 from ti_pipeline.sage.pipeline import process_stream

@@ -3,9 +3,9 @@ from datetime import datetime
 import pytest
 from bson.int64 import Int64
 
+from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.sage import rules
 from ti_pipeline.sage.rules import Filtered, Rejected, RuleContext
-from ti_pipeline.values import ImportPolicy
 
 SHA256 = "a" * 64
 SHA1 = "b" * 40

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ti_pipeline.objectstore import LocalStore
+from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.submissions import crypto, lake
 from ti_pipeline_tests.submissions.keyring import archive_key
 

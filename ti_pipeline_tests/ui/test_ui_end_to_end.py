@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline import schema
-from ti_pipeline.exports import SUCCESS_MARKER, partition_prefix
+from ti_pipeline.core import schema
+from ti_pipeline.core.exports import SUCCESS_MARKER, partition_prefix
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ti_pipeline.accounting import QuarantineRecord
-from ti_pipeline.exports import VT_FILE_REPORTS, part_name, success_name
-from ti_pipeline.objectstore import LocalStore, ObjectStore, open_store
+from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.core.objectstore import LocalStore, ObjectStore, open_store
 from ti_pipeline.sample_data.vt import (
     file_hashes,
     v2_package,
@@ -201,7 +201,7 @@ KILLED_EXPORT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from ti_pipeline.objectstore import LocalStore
+    from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day
 
     class DiesOnSecondPart(LocalStore):

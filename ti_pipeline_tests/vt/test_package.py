@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from ti_pipeline.exports import VT_FILE_REPORTS
+from ti_pipeline.core.exports import VT_FILE_REPORTS
 from ti_pipeline.sample_data.vt import file_hashes, v2_package, v2_report, v3_object
 from ti_pipeline.vt import package
 from ti_pipeline.vt.package import read_package, split_by_bucket

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from ti_pipeline import values
-from ti_pipeline.accounting import Accounting
+from ti_pipeline.core import values
+from ti_pipeline.core.accounting import Accounting
 from ti_pipeline.sample_data.vt import NO_VERDICT, file_hashes, v2_report, v3_object
 from ti_pipeline.vt import records
 from ti_pipeline_tests.vt.numbers import NUMBER_INPUTS

@@ -1,0 +1,194 @@
+"""Writes to the warehouse: idempotent, batched native upserts in bounded transactions.
+
+The same calls run on TiDB/MySQL (``INSERT ... ON DUPLICATE KEY UPDATE``) and on the embedded SQLite
+(``INSERT ... ON CONFLICT DO UPDATE``). Every batch is its own short transaction (TiDB wants a few
+hundred rows per statement and transactions far below 100 MB) and is retried on a dropped connection:
+re-applying an upsert batch is harmless, so a retry can never double a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+
+from ti_pipeline.core import schema
+from ti_pipeline.core.accounting import QuarantineRecord
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 500
+RETRIES = 5
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """When an incoming row may replace the stored one.
+
+    ``newer_column``: only a row whose value there is at least the stored one replaces it (NULL stored
+    loses), so loading inputs in any order ends in the same table. ``protected_source``: a stored row
+    of that source is never replaced by a row of another source (curated entries outrank feeds).
+    """
+
+    newer_column: str | None = None
+    protected_source: str | None = None
+
+
+def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]]:
+    it = iter(rows)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def merge_guard(table: sa.Table, new, rule: MergeRule):
+    """The condition under which ``new`` (the incoming row) may replace the stored row, or None."""
+    guard = None
+    if rule.newer_column:
+        stored = table.c[rule.newer_column]
+        guard = sa.or_(stored.is_(None), new[rule.newer_column] >= stored)
+    if rule.protected_source:
+        # Inlined, as pymysql's multi-row executemany cannot bind parameters after VALUES; the
+        # value is one of the schema's own source names, never input.
+        if rule.protected_source not in schema.SOURCES:
+            raise ValueError(f"not a source: {rule.protected_source!r}")
+        protected = sa.literal_column(f"'{rule.protected_source}'")
+        unprotected = table.c.source != protected if guard is None else sa.and_(table.c.source != protected, guard)
+        guard = sa.or_(new["source"] == protected, unprotected)
+    return guard
+
+
+def create_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # WAL lets readers (the UI, checks) run beside a load.
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+
+class Warehouse:
+    def __init__(self, url: str, *, batch_rows: int = BATCH_ROWS):
+        self.url = url
+        self.engine = create_engine(url)
+        self.batch_rows = batch_rows
+        self._statements: dict[tuple[str, MergeRule, tuple[str, ...]], sa.Executable] = {}
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ensure_schema(self) -> None:
+        """Make sure the tables are at the code's migration head.
+
+        The embedded SQLite upgrades itself, so the demo and a laptop need no setup step. A server is
+        migrated only by ``ti-pipeline migrate`` (a reviewed step, under a lock): here it is checked,
+        and a run fails with ``SchemaOutOfDate`` rather than create or alter a table.
+        """
+        from ti_pipeline.core import migrations  # Alembic, imported only by a process that opens a warehouse
+
+        if self.dialect == "sqlite":
+            migrations.upgrade(self.url)
+        else:
+            migrations.check(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _upsert_statement(self, table: sa.Table, columns: tuple[str, ...], rule: MergeRule) -> sa.Executable:
+        key = (table.name, rule, columns)
+        if key in self._statements:
+            return self._statements[key]
+        pk = [c.name for c in table.primary_key.columns]
+        updatable = [c for c in columns if c not in pk and c != "created_at"]
+        has_updated_at = "updated_at" in table.c and "updated_at" not in columns
+        if self.dialect == "sqlite":
+            stmt = sqlite.insert(table)
+            new = stmt.excluded
+            sets = {c: new[c] for c in updatable}
+            if has_updated_at:
+                sets["updated_at"] = sa.func.current_timestamp()
+            stmt = stmt.on_conflict_do_update(index_elements=pk, set_=sets, where=merge_guard(table, new, rule))
+        elif self.dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(table)
+            new = stmt.inserted
+            guard = merge_guard(table, new, rule)
+            # MySQL applies assignments left to right and later ones see earlier results, so the
+            # guard's own column is assigned last.
+            ordered = sorted(updatable, key=lambda c: c == rule.newer_column)
+            sets = [(c, new[c] if guard is None else sa.func.IF(guard, new[c], table.c[c])) for c in ordered]
+            if has_updated_at:
+                stamp = sa.func.current_timestamp()
+                sets.insert(0, ("updated_at", stamp if guard is None else sa.func.IF(guard, stamp, table.c.updated_at)))
+            stmt = stmt.on_duplicate_key_update(sets)
+        else:
+            raise ValueError(f"unsupported warehouse dialect: {self.dialect}")
+        self._statements[key] = stmt
+        return stmt
+
+    def upsert(self, table: sa.Table, rows: Iterable[dict], rule: MergeRule = MergeRule()) -> int:
+        """Upsert rows in batches; returns how many rows were sent."""
+        sent = 0
+        for batch in batched(rows, self.batch_rows):
+            columns = tuple(batch[0])
+            self._with_retry(lambda conn, b=batch, c=columns: conn.execute(self._upsert_statement(table, c, rule), b))
+            sent += len(batch)
+        return sent
+
+    def clear_quarantine(self, asset: str, partition_key: str) -> None:
+        """Forget an asset partition's quarantine before it is rebuilt (re-runs stay idempotent)."""
+        q = schema.quarantine
+        self._with_retry(lambda conn: conn.execute(q.delete().where(q.c.asset == asset, q.c.partition_key == partition_key)))
+
+    def add_quarantine(self, asset: str, partition_key: str, records: Sequence[QuarantineRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "asset": asset,
+                "partition_key": partition_key,
+                "source": r.source[:512],
+                "byte_offset": r.offset,
+                "reason": r.reason[:255],
+                "excerpt": r.excerpt,
+            }
+            for r in records
+        ]
+        for batch in batched(rows, self.batch_rows):
+            self._with_retry(lambda conn, b=batch: conn.execute(schema.quarantine.insert(), b))
+
+    def count(self, table: sa.Table, *where) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+
+    def _with_retry(self, work) -> None:
+        for attempt in range(RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    work(conn)
+                return
+            except sa.exc.OperationalError as exc:
+                if attempt == RETRIES or not is_transient(exc):
+                    raise
+                delay = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
+                log.warning("warehouse write failed (%s), retry %d in %.1fs", exc.orig, attempt + 1, delay)
+                time.sleep(delay)
+
+
+def is_transient(exc: sa.exc.OperationalError) -> bool:
+    """Dropped or refused connections, deadlocks and lock waits: worth another try."""
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    if isinstance(code, int):
+        return code in (1205, 1213, 2003, 2006, 2013, 2055, 8022, 8028, 9007)
+    return "locked" in str(exc).lower() or exc.connection_invalidated

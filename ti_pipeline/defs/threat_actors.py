@@ -1,0 +1,190 @@
+"""Threat-actor context: the incremental Malpedia sync and the MITRE ATT&CK enrichment of actors."""
+
+import asyncio
+
+import sqlalchemy as sa
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AssetSpec,
+    Config,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    ScheduleDefinition,
+    asset,
+    multi_asset,
+)
+
+from ti_pipeline.core import schema
+from ti_pipeline.defs.jobs import JobSpec
+from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
+from ti_pipeline.defs.resources import MalpediaResource, WarehouseResource
+from ti_pipeline.malpedia.attack import AttackCatalog
+from ti_pipeline.malpedia.client import MalpediaError
+from ti_pipeline.malpedia.enrich import enrich_actors
+from ti_pipeline.malpedia.sync import SyncReport, TableSync, sync_malpedia
+
+GROUP = "threat_actors"
+THREAT_ACTORS = AssetKey("threat_actors")
+MALWARE_FAMILIES = AssetKey("malware_families")
+ACTOR_TECHNIQUES = AssetKey("actor_techniques")
+NAMES_SHOWN = 100
+
+
+class MalpediaSyncConfig(Config):
+    force: bool = False
+    """Fetch and compare everything even when Malpedia's version has not moved."""
+
+
+class ActorTechniquesConfig(Config):
+    recompute_all: bool = False
+    """Match every actor again, not only those whose content changed since their last enrichment."""
+
+
+def _names(names: list[str]) -> MetadataValue:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = f" … and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return MetadataValue.text(shown + more if names else "-")
+
+
+def _summary(table: TableSync) -> str:
+    c = table.changes
+    return (
+        f"{len(c.new)} new, {len(c.updated)} updated, {len(c.unchanged)} unchanged, "
+        f"{len(c.removed)} removed, {len(table.errors)} errors"
+    )
+
+
+def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
+    changes = table.changes
+    extra = {
+        "malpedia_version": report.version,
+        "previous_version": report.previous_version or "-",
+        "version_unchanged": report.version_unchanged,
+        "total": table.total,
+        "new": len(changes.new),
+        "updated": len(changes.updated),
+        "unchanged": len(changes.unchanged),
+        "removed": len(changes.removed),
+        "errors": len(table.errors),
+        "new_names": _names(table.named(changes.new)),
+        "updated_names": _names(table.named(changes.updated)),
+        "removed_names": _names(table.named(changes.removed)),
+        "requests": report.requests,
+        "retries": report.retries,
+        "sync_seconds": MetadataValue.float(round(report.seconds, 3)),
+        "dagster/row_count": table.total,
+    }
+    return accounting_metadata(table.accounting, extra)
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            THREAT_ACTORS,
+            group_name=GROUP,
+            description="Malpedia threat actors; vanished actors are marked removed, never deleted.",
+            metadata={"dagster/table_name": "threat_actors"},
+            kinds={"python", "sql"},
+        ),
+        AssetSpec(
+            MALWARE_FAMILIES,
+            group_name=GROUP,
+            description="Malpedia malware families (names, attribution, references).",
+            metadata={"dagster/table_name": "malware_families"},
+            kinds={"python", "sql"},
+        ),
+    ],
+    check_specs=[
+        AssetCheckSpec("counts_reconcile", asset=THREAT_ACTORS, description="read = written + filtered + rejected"),
+        AssetCheckSpec("counts_reconcile", asset=MALWARE_FAMILIES, description="read = written + filtered + rejected"),
+    ],
+    name="malpedia_sync",
+    pool="warehouse_writes",
+)
+def malpedia_sync(
+    context: AssetExecutionContext,
+    config: MalpediaSyncConfig,
+    warehouse: WarehouseResource,
+    malpedia: MalpediaResource,
+):
+    """Ask Malpedia's version; when it moved, fetch actors and families and write what changed."""
+    wh = warehouse.get()
+
+    async def run() -> SyncReport:
+        async with malpedia.client() as api:
+            return await sync_malpedia(api, wh, force=config.force, concurrency=malpedia.concurrency)
+
+    try:
+        report = asyncio.run(run())
+    except MalpediaError as exc:
+        raise Failure(f"Malpedia sync failed: {exc}") from None
+    for table in (report.actors, report.families):
+        wh.clear_quarantine(table.table, "all")
+        wh.add_quarantine(table.table, "all", table.errors)
+    if report.version_unchanged:
+        context.log.info(f"Malpedia version {report.version} already synced: nothing fetched")
+    else:
+        context.log.info(
+            f"Malpedia {report.previous_version} -> {report.version}: actors {_summary(report.actors)}; "
+            f"families {_summary(report.families)}; {report.requests} requests, {report.retries} retries"
+        )
+    yield MaterializeResult(asset_key=THREAT_ACTORS, metadata=table_metadata(report, report.actors))
+    yield MaterializeResult(asset_key=MALWARE_FAMILIES, metadata=table_metadata(report, report.families))
+    yield reconcile_check(report.actors.accounting, asset_key=THREAT_ACTORS)
+    yield reconcile_check(report.families.accounting, asset_key=MALWARE_FAMILIES)
+
+
+@asset(
+    key=ACTOR_TECHNIQUES,
+    deps=[THREAT_ACTORS],
+    group_name=GROUP,
+    description="MITRE ATT&CK techniques per actor (shipped ATT&CK data), re-matched only for changed actors.",
+    check_specs=[AssetCheckSpec("counts_reconcile", asset=ACTOR_TECHNIQUES, description="read = written + filtered + rejected")],
+    pool="warehouse_writes",
+    metadata={"dagster/table_name": "actor_techniques"},
+    kinds={"python", "sql"},
+)
+def actor_techniques(context: AssetExecutionContext, config: ActorTechniquesConfig, warehouse: WarehouseResource):
+    wh = warehouse.get()
+    if config.recompute_all:
+        with wh.engine.begin() as conn:
+            conn.execute(schema.threat_actors.update().values(enriched_with=sa.null()))
+    catalog = AttackCatalog.from_galaxy()
+    report = enrich_actors(wh, catalog)
+    context.log.info(f"ATT&CK {catalog.version}: {len(report.enriched)} actors enriched, {len(report.not_mapped)} not mapped")
+    extra = {
+        "attack_data": catalog.version,
+        "actors_enriched": len(report.enriched),
+        "actors_not_mapped": len(report.not_mapped),
+        "actors_with_techniques": report.actors_with_techniques,
+        "match_methods": MetadataValue.json(report.methods),
+        "enriched_names": _names(report.enriched),
+        "dagster/row_count": wh.count(schema.actor_techniques),
+    }
+    yield MaterializeResult(metadata=accounting_metadata(report.accounting, extra))
+    yield reconcile_check(report.accounting)
+
+
+assets = [malpedia_sync, actor_techniques]
+
+THREAT_ACTORS_SPEC = JobSpec(
+    "threat_actors_job",
+    AssetSelection.groups("threat_actors"),
+    "Malpedia sync (one version request when nothing changed), then ATT&CK techniques of changed actors.",
+)
+threat_actors_job = THREAT_ACTORS_SPEC.build()
+
+# Daily and cheap: when Malpedia has not published a new version the run makes one request.
+malpedia_daily = ScheduleDefinition(
+    name="malpedia_daily",
+    job=threat_actors_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    description="Every day at 03:00 UTC: sync Malpedia (one request when unchanged) and enrich changed actors.",
+)
+defs = Definitions(assets=assets, jobs=[threat_actors_job], schedules=[malpedia_daily])
