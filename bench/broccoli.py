@@ -68,7 +68,7 @@ def loop_runner(use_uvloop: bool):
 
 
 def run_ti_pipeline(url: str, sha1s: list[str], concurrency: int, use_uvloop: bool) -> tuple[float, float, dict]:
-    from ti_pipeline.broccoli.client import BroccoliClient
+    from ti_pipeline.vt_feed.broccoli.client import BroccoliClient
 
     outcomes: dict[str, int] = {}
 

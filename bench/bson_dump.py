@@ -69,7 +69,7 @@ def run_path(path: Path, warehouse_url: str, workers: int) -> dict:
     from ti_pipeline.core import migrations
     from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.core.warehouse import Warehouse
-    from ti_pipeline.sage.load import load_dump_file
+    from ti_pipeline.sage_dump.load import load_dump_file
 
     migrations.upgrade(warehouse_url)
     warehouse = Warehouse(warehouse_url)

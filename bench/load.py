@@ -29,8 +29,8 @@ from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import Warehouse
-from ti_pipeline.vt.load import LoadSettings, load_day
-from ti_pipeline.vt.load.sql import write_tsv
+from ti_pipeline.vt_feed.load import LoadSettings, load_day
+from ti_pipeline.vt_feed.load.sql import write_tsv
 
 CLASSES = np.array(["MALWARE", "RANSOMWARE", "UNWANTED", "HACKTOOL", None], dtype=object)
 # Every row is merged (the UNKNOWN ones too), so the figures compare with earlier runs of this bench.

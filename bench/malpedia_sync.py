@@ -22,13 +22,13 @@ import aiohttp
 
 from ti_pipeline.core import migrations
 from ti_pipeline.core.warehouse import Warehouse
-from ti_pipeline.malpedia.attack import AttackCatalog
-from ti_pipeline.malpedia.budget import RequestBudget
-from ti_pipeline.malpedia.client import MalpediaClient
-from ti_pipeline.malpedia.enrich import enrich_actors
-from ti_pipeline.malpedia.sync import sync_malpedia
 from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot
 from ti_pipeline.sample_data.malpedia_server import LocalMalpediaServer
+from ti_pipeline.threat_actors.attack import AttackCatalog
+from ti_pipeline.threat_actors.budget import RequestBudget
+from ti_pipeline.threat_actors.client import MalpediaClient
+from ti_pipeline.threat_actors.enrich import enrich_actors
+from ti_pipeline.threat_actors.sync import sync_malpedia
 
 UNLIMITED = [(10**9, 60.0)]
 

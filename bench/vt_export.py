@@ -88,7 +88,7 @@ def measure(kind: str, feed: Path, out: Path, workers: int, repeat: int) -> dict
     import pyarrow.parquet  # noqa: F401
 
     from ti_pipeline.core.objectstore import LocalStore
-    from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day
+    from ti_pipeline.vt_feed.export import ExportOptions, PackagePool, export_day
 
     paths = sorted(p for p in feed.rglob("*T*") if p.is_file())
     compressed = sum(p.stat().st_size for p in paths)
@@ -122,7 +122,7 @@ def measure(kind: str, feed: Path, out: Path, workers: int, repeat: int) -> dict
 def _once(kind: str, paths: list[Path], feed: Path, out: Path, workers: int, result: dict, cpu0: float) -> float:
     """One pass of ``kind``; returns the CPU clock reading to count from (parsers exclude reading)."""
     from ti_pipeline.core.objectstore import LocalStore
-    from ti_pipeline.vt.export import ExportOptions, PackagePool, export_day
+    from ti_pipeline.vt_feed.export import ExportOptions, PackagePool, export_day
 
     if kind in ("export", "pool"):
         with PackagePool(workers) as pool:
@@ -157,12 +157,12 @@ def _once(kind: str, paths: list[Path], feed: Path, out: Path, workers: int, res
 def _parse(parser: str, body: bytes) -> int:
     if parser == "msgspec+rules":  # what a worker does after decompression, without Arrow
         from ti_pipeline.core.accounting import Accounting
-        from ti_pipeline.vt.records import DECODER, evaluate
+        from ti_pipeline.vt_feed.records import DECODER, evaluate
 
         acc, now = Accounting(), datetime.now(UTC).replace(tzinfo=None)
         return sum(1 for report in DECODER.decode_lines(body) if evaluate(report, acc, now) is not None)
     if parser == "msgspec":
-        from ti_pipeline.vt.records import DECODER
+        from ti_pipeline.vt_feed.records import DECODER
 
         return len(DECODER.decode_lines(body))
     if parser == "orjson":

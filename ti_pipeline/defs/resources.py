@@ -99,7 +99,7 @@ class MalpediaResource(ConfigurableResource):
     """The same for ``/get/families``, one document of every family (2.8 MB in the shipped snapshot)."""
 
     def budget(self):
-        from ti_pipeline.malpedia.budget import RequestBudget
+        from ti_pipeline.threat_actors.budget import RequestBudget
 
         per_minute = self.requests_per_minute or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_MINUTE"))
         per_hour = self.requests_per_hour or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_HOUR"))
@@ -107,7 +107,7 @@ class MalpediaResource(ConfigurableResource):
 
     def client(self):
         """A new client (use it as ``async with``); the token only ever goes into its request header."""
-        from ti_pipeline.malpedia.client import MalpediaClient
+        from ti_pipeline.threat_actors.client import MalpediaClient
 
         return MalpediaClient(
             settings.resolve("TI_MALPEDIA_URL", self.url),
@@ -141,7 +141,7 @@ class BroccoliResource(ConfigurableResource):
 
     def client(self, concurrency: int = 500):
         """A new lookup client (one aiohttp session per use); tokens come from google-auth for gs://."""
-        from ti_pipeline.broccoli.client import BroccoliClient, RetryPolicy
+        from ti_pipeline.vt_feed.broccoli.client import BroccoliClient, RetryPolicy
 
         policy = RetryPolicy(
             attempts=self.attempts,
@@ -184,7 +184,7 @@ class LoaderResource(ConfigurableResource):
     poll_seconds: float = 10.0
 
     def load_settings(self, loader: str | None = None):
-        from ti_pipeline.vt.load import LoadSettings
+        from ti_pipeline.vt_feed.load import LoadSettings
 
         port = self.tidb_port or os.environ.get("TI_TIDB_PORT")
         return LoadSettings(

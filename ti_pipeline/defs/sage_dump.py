@@ -31,8 +31,8 @@ from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
 from ti_pipeline.defs.metadata import Progress, accounting_metadata, reconcile_check, sample_table
 from ti_pipeline.defs.partitions import dump_shards
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.sage import layout
-from ti_pipeline.sage.load import TABLES, load_dump_file, rule_context
+from ti_pipeline.sage_dump import layout
+from ti_pipeline.sage_dump.load import TABLES, load_dump_file, rule_context
 
 GROUP = "sage_dump"
 PREFIX = "sage_dump"

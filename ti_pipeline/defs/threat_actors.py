@@ -23,10 +23,10 @@ from ti_pipeline.core import schema
 from ti_pipeline.defs.jobs import JobSpec
 from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
 from ti_pipeline.defs.resources import MalpediaResource, WarehouseResource
-from ti_pipeline.malpedia.attack import AttackCatalog
-from ti_pipeline.malpedia.client import MalpediaError
-from ti_pipeline.malpedia.enrich import enrich_actors
-from ti_pipeline.malpedia.sync import SyncReport, TableSync, sync_malpedia
+from ti_pipeline.threat_actors.attack import AttackCatalog
+from ti_pipeline.threat_actors.client import MalpediaError
+from ti_pipeline.threat_actors.enrich import enrich_actors
+from ti_pipeline.threat_actors.sync import SyncReport, TableSync, sync_malpedia
 
 GROUP = "threat_actors"
 THREAT_ACTORS = AssetKey("threat_actors")

@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ti_pipeline.malpedia.attack import load_cluster
+from ti_pipeline.threat_actors.attack import load_cluster
 
 _DETAILS = re.compile(r"malpedia\.caad\.fkie\.fraunhofer\.de/details/([^/?#]+)")
 

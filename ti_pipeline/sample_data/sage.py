@@ -26,7 +26,7 @@ from bson.int64 import Int64
 
 from ti_pipeline.core import keys
 from ti_pipeline.core.objectstore import ObjectStore
-from ti_pipeline.sage import layout
+from ti_pipeline.sage_dump import layout
 
 ENGINES = [
     "Bkav", "MicroWorld-eScan", "FireEye", "CAT-QuickHeal", "McAfee", "Cylance", "Zillya", "Sangfor",

@@ -9,8 +9,8 @@ from ti_pipeline.core.exports import success_name
 from ti_pipeline.core.objectstore import open_store
 from ti_pipeline.defs.resources import BroccoliResource, ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.broccoli import broccoli_classifications
-from ti_pipeline_tests.broccoli.server import BroccoliServer
-from ti_pipeline_tests.broccoli.vt_export import sha1, write_vt_export
+from ti_pipeline_tests.vt_feed.broccoli.server import BroccoliServer
+from ti_pipeline_tests.vt_feed.broccoli.vt_export import sha1, write_vt_export
 
 DAY = "2020-11-05"
 KEY = AssetKey("broccoli_classifications")

@@ -12,7 +12,7 @@ from ti_pipeline.core import migrations, schema
 from ti_pipeline.core.objectstore import LocalStore, ObjectStore, open_store
 from ti_pipeline.defs import sage_dump
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.sage import layout
+from ti_pipeline.sage_dump import layout
 from ti_pipeline.sample_data.sage import dump_name, write_dump_file, write_sage_dump
 
 UNDECODABLE = struct.pack("<i", 12) + b"\x99a\x00" + b"\x00\x00\x00\x00" + b"\x00"

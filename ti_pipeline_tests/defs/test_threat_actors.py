@@ -11,7 +11,7 @@ from ti_pipeline.core.warehouse import Warehouse
 from ti_pipeline.defs.resources import MalpediaResource, WarehouseResource
 from ti_pipeline.defs.threat_actors import actor_techniques, malpedia_sync
 from ti_pipeline.sample_data.malpedia_server import LocalMalpediaServer
-from ti_pipeline_tests.malpedia.snapshots import small_snapshot
+from ti_pipeline_tests.threat_actors.snapshots import small_snapshot
 
 TOKEN = "demo-token-never-shown"
 

@@ -11,7 +11,7 @@ from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.export import vt_file_reports
 from ti_pipeline.sample_data.vt import SAMPLE_DAYS, write_vt_feed
-from ti_pipeline.vt.export import read_manifest
+from ti_pipeline.vt_feed.export import read_manifest
 
 KEY = AssetKey("vt_file_reports")
 

@@ -11,8 +11,8 @@ from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, success_name
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.defs.resources import ObjectStoreResource
 from ti_pipeline.defs.vt_feed.automation import MAX_REQUESTS_PER_TICK, vt_parquet_landed
-from ti_pipeline.vt.load.landing import Mark
-from ti_pipeline_tests.vt.load.exportdata import report, write_partition
+from ti_pipeline.vt_feed.load.landing import Mark
+from ti_pipeline_tests.vt_feed.load.exportdata import report, write_partition
 
 
 @pytest.fixture

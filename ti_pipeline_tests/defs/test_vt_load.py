@@ -11,7 +11,7 @@ from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.definitions import defs
 from ti_pipeline.defs.resources import LoaderResource, ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.load import ASSET_KEY, vt_ioc_file_hashes
-from ti_pipeline_tests.vt.load.exportdata import classification, report, sha256_of, write_day
+from ti_pipeline_tests.vt_feed.load.exportdata import classification, report, sha256_of, write_day
 
 DAY = "2024-01-01"
 

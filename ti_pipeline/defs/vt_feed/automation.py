@@ -16,7 +16,7 @@ from dagster import (
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import ObjectStoreResource
-from ti_pipeline.vt.load.landing import Mark, list_landed, plan
+from ti_pipeline.vt_feed.load.landing import Mark, list_landed, plan
 
 VT_FILE_REPORTS = JobSpec(
     "vt_file_reports_job",

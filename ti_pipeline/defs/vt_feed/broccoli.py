@@ -11,14 +11,14 @@ from dagster import (
     asset,
 )
 
-from ti_pipeline.broccoli import sidecar
-from ti_pipeline.broccoli.pipeline import DayOptions, DayResult, classify_day
-from ti_pipeline.broccoli.selection import already_classified
 from ti_pipeline.core import keys
 from ti_pipeline.core.exports import partition_prefix
 from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import BroccoliResource, ObjectStoreResource, WarehouseResource
+from ti_pipeline.vt_feed.broccoli import sidecar
+from ti_pipeline.vt_feed.broccoli.pipeline import DayOptions, DayResult, classify_day
+from ti_pipeline.vt_feed.broccoli.selection import already_classified
 
 ASSET = "broccoli_classifications"
 GROUP = "vt_feed"

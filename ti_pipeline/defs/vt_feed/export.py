@@ -16,9 +16,9 @@ from ti_pipeline.core.accounting import Accounting
 from ti_pipeline.defs.metadata import Progress, accounting_metadata, bar_chart, reconcile_check, sample_table
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.vt.export import DATASET, DaySummary, ExportOptions, PackagePool, export_day
-from ti_pipeline.vt.package import PackageResult
-from ti_pipeline.vt.summary import hourly_scans, sample_rows
+from ti_pipeline.vt_feed.export import DATASET, DaySummary, ExportOptions, PackagePool, export_day
+from ti_pipeline.vt_feed.package import PackageResult
+from ti_pipeline.vt_feed.summary import hourly_scans, sample_rows
 
 GROUP = "vt_feed"
 HEAVY_TAG = {"ti_pipeline/heavy": "vt_decompress"}

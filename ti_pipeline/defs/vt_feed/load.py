@@ -16,7 +16,7 @@ from dagster import (
 from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import LoaderResource, ObjectStoreResource, WarehouseResource
-from ti_pipeline.vt.load import IncompleteExport, LoaderError, load_day
+from ti_pipeline.vt_feed.load import IncompleteExport, LoaderError, load_day
 
 ASSET_KEY = AssetKey(["vt_feed", "ioc_file_hashes"])
 QUARANTINE_NAME = ASSET_KEY.to_user_string()

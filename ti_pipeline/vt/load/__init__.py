@@ -1,7 +1,0 @@
-"""Loading exported VT days into ``ioc_file_hashes``: three stagers behind one interface, one merge."""
-
-from ti_pipeline.vt.load.base import LOADER_NAMES, LoaderError, LoadSettings
-from ti_pipeline.vt.load.day import DayLoad, load_day
-from ti_pipeline.vt.load.exports_reader import IncompleteExport
-
-__all__ = ["LOADER_NAMES", "DayLoad", "IncompleteExport", "LoadSettings", "LoaderError", "load_day"]

@@ -1,0 +1,216 @@
+"""Load one export day: check it is complete, stage it with the chosen loader, merge, verify.
+
+The import policy (``values.ImportPolicy``, from ``TI_IMPORT_CLASSIFICATIONS``) is an argument of
+the load: the merge leaves out every staged row whose final classification it does not admit, and
+the accounting counts them as filtered ``classification_not_imported`` (by classification in the
+figures ``not_imported.<X>``), so read = written + filtered + rejected on every loader.
+
+A killed run leaves at most a staging table behind (re-created by the next run) and merged chunks
+that re-apply identically, so re-running any day, at any point, ends in the same table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+
+import sqlalchemy as sa
+
+from ti_pipeline.core import keys, schema, values
+from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.failpoints import failpoint
+from ti_pipeline.core.objectstore import ObjectStore
+from ti_pipeline.core.values import ImportPolicy
+from ti_pipeline.core.warehouse import Warehouse
+from ti_pipeline.vt_feed.load.base import (
+    EventHook,
+    LoaderError,
+    LoadSettings,
+    Stager,
+    StageRequest,
+    mysql_family,
+    retrying,
+)
+from ti_pipeline.vt_feed.load.exports_reader import DayExport, check_parts, require_day_export
+from ti_pipeline.vt_feed.load.import_into import ImportIntoStager
+from ti_pipeline.vt_feed.load.lightning import LightningStager
+from ti_pipeline.vt_feed.load.merge import OUTCOMES, MergePlan, key_ranges, merge_range
+from ti_pipeline.vt_feed.load.sql import SqlStager
+
+REPORTS_DATASET = "vt_file_reports"
+SIDECAR_DATASET = "broccoli_classifications"
+# Accounting names: why a staged report row was not written.
+KEPT_OLDER = "newer_scan_already_stored"
+# The upstream's production set, when the caller names no policy.
+DEFAULT_POLICY = ImportPolicy(values.PRODUCTION_CLASSIFICATIONS)
+
+
+@dataclass
+class DayLoad:
+    """What a day's load did: the balance of its report rows and the check figures."""
+
+    accounting: Accounting
+    reports: DayExport
+    sidecar: DayExport
+    staged: int
+    missing_after_merge: int
+
+
+def make_stager(name: str) -> Stager:
+    return {"sql": SqlStager, "lightning": LightningStager, "import_into": ImportIntoStager}[name]()
+
+
+def recreate(warehouse: Warehouse, *tables: sa.Table) -> None:
+    """Drop and create the staging tables (a killed earlier run may have left them half full)."""
+    with warehouse.engine.begin() as conn:
+        for table in tables:
+            table.drop(conn, checkfirst=True)
+            table.create(conn)
+
+
+def drop(warehouse: Warehouse, *tables: sa.Table) -> None:
+    with warehouse.engine.begin() as conn:
+        for table in tables:
+            table.drop(conn, checkfirst=True)
+
+
+def load_day(
+    warehouse: Warehouse,
+    store: ObjectStore,
+    day: date | str,
+    settings: LoadSettings,
+    *,
+    log: logging.Logger,
+    quarantine: Callable[[Sequence[QuarantineRecord]], None],
+    on_event: EventHook | None = None,
+    policy: ImportPolicy = DEFAULT_POLICY,
+) -> DayLoad:
+    day = keys.day(day)
+    with day_lock(warehouse, day):
+        return _load_day(
+            warehouse, store, day, settings, log=log, quarantine=quarantine, on_event=on_event, policy=policy
+        )
+
+
+@contextmanager
+def day_lock(warehouse: Warehouse, day: date) -> Iterator[None]:
+    """One load of a day at a time (a sensor run and a backfill would re-create each other's staging).
+
+    A MySQL/TiDB named lock held by a connection of its own; it dies with that connection, so a killed
+    run never leaves it behind. SQLite serializes writers by itself.
+    """
+    if not mysql_family(warehouse):
+        yield
+        return
+    with warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # Named locks are server-wide: the database's name keeps two warehouses on one server apart.
+        database = conn.execute(sa.text("SELECT DATABASE()")).scalar()
+        name = f"ti_vt_load:{database}:{day:%Y%m%d}"[:64]
+        if conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() != 1:
+            raise LoaderError(f"another run is loading {day} (named lock {name} is held); try again once it ends")
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+            except sa.exc.DBAPIError:
+                pass  # the session is gone, and its lock with it
+
+
+def _load_day(
+    warehouse: Warehouse,
+    store: ObjectStore,
+    day: date,
+    settings: LoadSettings,
+    *,
+    log: logging.Logger,
+    quarantine: Callable[[Sequence[QuarantineRecord]], None],
+    on_event: EventHook | None,
+    policy: ImportPolicy,
+) -> DayLoad:
+    reports = require_day_export(store, REPORTS_DATASET, day)
+    sidecar = require_day_export(store, SIDECAR_DATASET, day)
+    check_parts(store, reports)
+    check_parts(store, sidecar)
+    reports_table, sidecar_table = schema.vt_load_staging(reports.yyyymmdd)
+    recreate(warehouse, reports_table, sidecar_table)
+    stager = make_stager(settings.loader)
+    acc = Accounting()
+    started = time.monotonic()
+    log.info(f"staging {len(reports.parts)} part(s) of {store.url_of(reports.prefix)} with the {stager.name} loader")
+    staged_result = stager.stage(
+        StageRequest(warehouse, store, reports, sidecar, reports_table, sidecar_table, settings, log, quarantine, on_event)
+    )
+    staging_seconds = time.monotonic() - started
+    acc.read = staged_result.read
+    acc.rejected.update(staged_result.rejected)
+    acc.figures.update(staged_result.figures)
+    staged = warehouse.count(reports_table)
+    shortfall = acc.read - acc.rejected_total - staged
+    if shortfall < 0:
+        raise LoaderError(f"{reports_table.name} holds {staged} rows but only {acc.read} were read")
+    if shortfall:
+        acc.reject(stager.shortfall_reason, shortfall)
+        log.warning(f"{shortfall} report row(s) read but not staged: {stager.shortfall_reason}")
+    acc.figures["staged_rows"] = staged
+    acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
+
+    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect, tuple(policy.classifications))
+    started = time.monotonic()
+    outcomes = merge_staged(warehouse, plan, settings, log, acc, on_event)
+    merge_seconds = time.monotonic() - started
+    acc.written = outcomes["inserted"] + outcomes["updated"] + outcomes["reapplied"]
+    acc.filter(KEPT_OLDER, outcomes["kept_older"])
+    not_imported = outcomes[values.FILTER_CLASSIFICATION_NOT_IMPORTED]
+    acc.filter(values.FILTER_CLASSIFICATION_NOT_IMPORTED, not_imported)
+    with warehouse.engine.connect() as conn:
+        missing = conn.execute(plan.missing_statement()).scalar_one()
+        outcomes["token_rows"] = conn.execute(plan.token_rows_statement()).scalar_one()
+    for name in (*OUTCOMES, "token_rows"):
+        acc.figures[name] = outcomes[name]
+    acc.figures.update({k: v for k, v in outcomes.items() if k.startswith(("classification.", "not_imported."))})
+    drop(warehouse, reports_table, sidecar_table)
+    acc.figures["staging_ms"] = round(staging_seconds * 1000)
+    acc.figures["merge_ms"] = round(merge_seconds * 1000)
+    log.info(
+        f"{day}: read {acc.read:,}, inserted {outcomes['inserted']:,}, updated {outcomes['updated']:,}, "
+        f"reapplied {outcomes['reapplied']:,}, kept older {outcomes['kept_older']:,}, "
+        f"not imported {not_imported:,} (policy {','.join(plan.admitted) or 'none'}), rejected {acc.rejected_total:,} "
+        f"(staging {staging_seconds:.1f}s, merge {merge_seconds:.1f}s)"
+    )
+    return DayLoad(acc, reports, sidecar, staged, missing)
+
+
+def merge_staged(
+    warehouse: Warehouse,
+    plan: MergePlan,
+    settings: LoadSettings,
+    log: logging.Logger,
+    acc: Accounting,
+    on_event: EventHook | None,
+):
+    """Merge the staged rows chunk by chunk of keys; each chunk is one retried transaction."""
+    totals: Counter[str] = Counter()
+    with warehouse.engine.connect() as conn:
+        ranges = list(key_ranges(conn, plan, settings.merge_chunk_rows))
+    for index, (lo, hi) in enumerate(ranges):
+        outcome: dict[str, Counter[str]] = {}
+
+        def work(lo=lo, hi=hi, outcome=outcome) -> None:
+            with warehouse.engine.begin() as conn:
+                outcome["counts"] = merge_range(conn, plan, lo, hi)
+
+        retrying(work, f"merge chunk {index}", log, acc.figures)
+        failpoint("load.merge_chunk")
+        totals.update(outcome["counts"])
+        acc.figures["merge_chunks"] += 1
+        merged = sum(totals[name] for name in (*OUTCOMES, values.FILTER_CLASSIFICATION_NOT_IMPORTED))
+        log.info(f"merged key range {index + 1}/{len(ranges)}: {merged:,} staged rows so far")
+        if on_event is not None:
+            on_event("merged_chunk", index)
+    return totals
