@@ -30,7 +30,11 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     url = settings.resolve("TI_WAREHOUSE_URL", args.url)
     print(f"warehouse: {sa.make_url(url).render_as_string(hide_password=True)}", flush=True)
-    before, after = migrations.upgrade(url)
+    try:
+        before, after = migrations.upgrade(url, stamp=args.stamp)
+    except migrations.SchemaOutOfDate as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     print(f"revision: {before or 'none'} -> {after}" if before != after else f"revision: {after} (already at head)")
     return 0
 
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-m", "--message", help="with --revision: what the revision changes")
     p.add_argument("--replace", action="store_true",
                    help="with --revision: regenerate the newest revision in place (only one no warehouse has applied)")
+    p.add_argument("--stamp", action="store_true",
+                   help="adopt a warehouse set up before migrations: compare its tables with the schema and, when "
+                   "equal, record the current revision")
     p.set_defaults(func=_cmd_migrate)
 
     for name, func, helptext in (

@@ -259,3 +259,31 @@ def test_two_concurrent_migrations_on_sqlite_end_at_head(sqlite_url):
 def test_alembic_does_not_log_progress():
     """Its INFO lines (context impl, each upgrade step) would go to whatever handler a run configured."""
     assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+
+
+def test_a_warehouse_set_up_before_migrations_is_stamped_only_when_its_tables_equal_the_schema(empty_url, capsys):
+    engine = sa.create_engine(empty_url)
+    schema.metadata.create_all(engine)  # what releases before the migrations did on first use
+    assert main(["migrate", "--url", empty_url]) == 1
+    refused = capsys.readouterr().err
+    assert "but no schema revision: it was set up before migrations" in refused
+    assert "ti-pipeline migrate --stamp" in refused
+    assert revision_of(empty_url) is None
+
+    assert main(["migrate", "--url", empty_url, "--stamp"]) == 0
+    assert capsys.readouterr().out.endswith(f"revision: none -> {migrations.head()}\n")
+    assert revision_of(empty_url) == migrations.head()
+    engine.dispose()
+
+
+def test_a_pre_migration_warehouse_that_differs_is_not_stamped(empty_url, capsys):
+    engine = sa.create_engine(empty_url)
+    schema.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE sync_state ADD COLUMN etag VARCHAR(64)"))
+    assert main(["migrate", "--url", empty_url, "--stamp"]) == 1
+    refused = capsys.readouterr().err
+    assert f"warehouse tables differ from revision {migrations.head()}, not stamped:" in refused
+    assert "etag" in refused
+    assert revision_of(empty_url) is None
+    engine.dispose()

@@ -31,6 +31,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
@@ -169,13 +170,37 @@ def _sqlite_file_lock(url: str) -> Iterator[None]:
         lock.close()
 
 
-def upgrade(url: str) -> tuple[str | None, str | None]:
-    """Upgrade the database at ``url`` to head, one migrator at a time; returns (from, to) revisions."""
+def _adopt(conn: sa.Connection, stamp: bool) -> None:
+    """A warehouse whose tables were created before migrations existed (no revision recorded): with
+    ``stamp``, record head once its tables are found equal to the schema; otherwise refuse, rather
+    than fail half-way on CREATE TABLE."""
+    present = sorted(set(sa.inspect(conn).get_table_names()) & set(schema.metadata.tables))
+    if not present:
+        return
+    if not stamp:
+        raise SchemaOutOfDate(
+            f"warehouse has tables ({', '.join(present)}) but no schema revision: it was set up before "
+            f"migrations. Run `ti-pipeline migrate --stamp` to compare it with the schema and record revision "
+            f"{head()}"
+        )
+    found = compare_metadata(MigrationContext.configure(conn, opts=context_options()), schema.metadata)
+    if found:
+        listed = "\n".join(f"  {difference}" for difference in found)
+        raise SchemaOutOfDate(f"warehouse tables differ from revision {head()}, not stamped:\n{listed}")
+    command.stamp(config(conn), "head")
+
+
+def upgrade(url: str, *, stamp: bool = False) -> tuple[str | None, str | None]:
+    """Upgrade the database at ``url`` to head, one migrator at a time; returns (from, to) revisions.
+
+    ``stamp`` adopts a warehouse created before migrations (see ``_adopt``)."""
     with _sqlite_file_lock(url) if url.startswith("sqlite") else nullcontext():
         engine = _migration_engine(url)
         try:
             with engine.connect() as conn, _migration_lock(conn), conn.begin():
                 before = current(conn)
+                if before is None:
+                    _adopt(conn, stamp)
                 command.upgrade(config(conn), "head")
                 after = current(conn)
         finally:
