@@ -38,18 +38,18 @@ class ObjectStore:
     def open_read(self, name: str) -> BinaryIO:
         raise NotImplementedError
 
-    def write_file(self, name: str, local_path: Path, *, if_generation_match: int | None = None) -> ObjectInfo:
+    def write_file(self, name: str, local_path: Path) -> ObjectInfo:
         """Publish a finished local file as ``name`` in one atomic step."""
         raise NotImplementedError
 
     def delete(self, name: str) -> None:
         raise NotImplementedError
 
-    def write_bytes(self, name: str, data: bytes, *, if_generation_match: int | None = None) -> ObjectInfo:
+    def write_bytes(self, name: str, data: bytes) -> ObjectInfo:
         with tempfile.NamedTemporaryFile(delete=False) as tmp:
             tmp.write(data)
         try:
-            return self.write_file(name, Path(tmp.name), if_generation_match=if_generation_match)
+            return self.write_file(name, Path(tmp.name))
         finally:
             Path(tmp.name).unlink(missing_ok=True)
 
@@ -66,10 +66,6 @@ def _check_name(name: str) -> str:
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in name:
         raise ValueError(f"unsafe object name: {name!r}")
     return name
-
-
-class PreconditionFailed(RuntimeError):
-    """The object changed since it was read (generation mismatch)."""
 
 
 class LocalStore(ObjectStore):
@@ -110,7 +106,7 @@ class LocalStore(ObjectStore):
     def open_read(self, name: str) -> BinaryIO:
         return open(self._path(name), "rb")
 
-    def write_file(self, name: str, local_path: Path, *, if_generation_match: int | None = None) -> ObjectInfo:
+    def write_file(self, name: str, local_path: Path) -> ObjectInfo:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -119,10 +115,6 @@ class LocalStore(ObjectStore):
                 shutil.copyfileobj(src, out, 1 << 20)
                 out.flush()
                 os.fsync(out.fileno())
-            if if_generation_match is not None:
-                current = path.stat().st_mtime_ns if path.exists() else 0
-                if current != if_generation_match:
-                    raise PreconditionFailed(f"{name}: generation {current} != {if_generation_match}")
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -171,14 +163,9 @@ class GcsStore(ObjectStore):
     def open_read(self, name: str) -> BinaryIO:
         return self.bucket.blob(self._key(name)).open("rb", chunk_size=8 << 20)
 
-    def write_file(self, name: str, local_path: Path, *, if_generation_match: int | None = None) -> ObjectInfo:
-        from google.api_core.exceptions import PreconditionFailed as GcsPrecondition
-
+    def write_file(self, name: str, local_path: Path) -> ObjectInfo:
         blob = self.bucket.blob(self._key(name))
-        try:
-            blob.upload_from_filename(str(local_path), if_generation_match=if_generation_match)
-        except GcsPrecondition as exc:
-            raise PreconditionFailed(f"{name}: {exc}") from exc
+        blob.upload_from_filename(str(local_path))
         blob.reload()
         return self._info(blob)
 

@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
 from sqlalchemy.dialects.mysql import FLOAT as MYSQL_FLOAT
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = sa.MetaData()
 
@@ -256,7 +255,7 @@ TEXT_LIMITS: dict[str, dict[str, TextLimit]] = {
 
 # Per-day staging tables of the VT load: the Parquet export schemas (``ti_pipeline.core.exports``) as
 # tables, so LOAD DATA, Lightning and IMPORT INTO fill them column for column. They live in their
-# own MetaData: ``create_schema`` never creates them, the loader creates and drops one per load.
+# own MetaData: the migrations never create them, the loader creates and drops one per load.
 def _staging_type(arrow_type) -> sa.types.TypeEngine:
     import pyarrow as pa
 
@@ -292,15 +291,3 @@ def vt_load_staging(day_yyyymmdd: str) -> tuple[sa.Table, sa.Table]:
         staging_table(f"stage_vt_file_reports_{day_yyyymmdd}", VT_FILE_REPORTS, "sha256"),
         staging_table(f"stage_broccoli_{day_yyyymmdd}", BROCCOLI_CLASSIFICATIONS, "sha1"),
     )
-
-
-def ddl(dialect_name: str) -> str:
-    """CREATE statements of every table for a DBA, in ``mysql`` (TiDB) or ``sqlite`` syntax."""
-    from sqlalchemy.dialects import mysql, sqlite
-
-    dialect = {"mysql": mysql.dialect(), "sqlite": sqlite.dialect()}[dialect_name]
-    out = []
-    for table in metadata.sorted_tables:
-        out.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
-        out.extend(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";" for index in table.indexes)
-    return "\n\n".join(out) + "\n"

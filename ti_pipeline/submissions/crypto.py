@@ -38,10 +38,6 @@ def generate_key_pair(bits: int = KEY_BITS, randfunc: RandFunc | None = None) ->
     return key.export_key("PEM"), key.publickey().export_key("PEM")
 
 
-def public_key_of(private_key: RSA.RsaKey) -> bytes:
-    return private_key.publickey().export_key("PEM")
-
-
 def import_public_key(pem: bytes) -> RSA.RsaKey:
     try:
         key = RSA.import_key(pem)
