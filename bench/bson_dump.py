@@ -69,13 +69,13 @@ def run_path(path: Path, warehouse_url: str, workers: int) -> dict:
     from ti_pipeline.core import migrations
     from ti_pipeline.core.objectstore import LocalStore
     from ti_pipeline.core.warehouse import Warehouse
-    from ti_pipeline.sage_dump.load import load_dump_file
+    from ti_pipeline.sage_dump.load import DumpOptions, load_dump_file
 
     migrations.upgrade(warehouse_url)
     warehouse = Warehouse(warehouse_url)
     store = LocalStore(path.parent)
     cpu, wall = cpu_seconds(), time.perf_counter()
-    acc = load_dump_file(store, path.name, "file_rep", warehouse, quarantine_key=("bench", "r01"), workers=workers)
+    acc = load_dump_file(store, path.name, "file_rep", warehouse, quarantine_key=("sage_dump/ioc_file_hashes", "r01"), options=DumpOptions(workers=workers))
     figures = {
         "docs": acc.read,
         "written": acc.written,

@@ -17,14 +17,14 @@ import logging
 import os
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from ti_pipeline.core import migrations, schema
+from ti_pipeline.core import migrations, schema, settings
 from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.core.values import ImportPolicy
@@ -64,21 +64,25 @@ def day_tables(rng: np.random.Generator, ids: np.ndarray, scan: datetime) -> tup
 
 
 def write_export(store: LocalStore, day: str, reports: pa.Table, sidecar: pa.Table, part_rows: int) -> None:
-    import json
-
     import pyarrow.parquet as pq
 
-    from ti_pipeline.core.exports import part_name, success_name
+    from ti_pipeline.core.exports import (
+        BROCCOLI_CLASSIFICATIONS_DATASET,
+        VT_FILE_REPORTS_DATASET,
+        Manifest,
+        publish_manifest,
+        write_part,
+    )
 
-    for dataset, table in (("vt_file_reports", reports), ("broccoli_classifications", sidecar)):
+    for dataset, table in ((VT_FILE_REPORTS_DATASET, reports), (BROCCOLI_CLASSIFICATIONS_DATASET, sidecar)):
         parts = []
         with tempfile.TemporaryDirectory() as tmp:
             for index, start in enumerate(range(0, table.num_rows, part_rows)):
                 local = Path(tmp) / "p.parquet"
-                pq.write_table(table.slice(start, part_rows), local)
-                info = store.write_file(part_name(dataset, day, index), local)
-                parts.append({"name": part_name(dataset, day, index), "rows": min(part_rows, table.num_rows - start), "generation": info.generation})
-        store.write_bytes(success_name(dataset, day), json.dumps({"parts": parts, "rows": table.num_rows}).encode())
+                chunk = table.slice(start, part_rows)
+                pq.write_table(chunk, local)
+                parts.append(write_part(store, dataset, day, index, local, chunk.num_rows))
+        publish_manifest(store, Manifest(dataset, date.fromisoformat(day), tuple(parts), table.num_rows))
 
 
 def final_rows(reports: pa.Table, sidecar_classes: pa.Array) -> pa.Table:
@@ -131,7 +135,7 @@ def executemany(engine: sa.Engine, table: str, rows: pa.Table, batch: int) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000, help="rows per day (default 200000)")
-    parser.add_argument("--server", default=os.environ.get("TI_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306"))
+    parser.add_argument("--server", default=settings.resolve("TI_TEST_MYSQL_URL"))
     parser.add_argument("--database", default="ti_bench_load")
     parser.add_argument("--batch-rows", type=int, default=50_000, help="loader staging batch")
     parser.add_argument("--merge-chunk-rows", type=int, default=100_000)
@@ -164,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         write_export(store, "2024-01-02", reports2, sidecar2, part_rows=100_000)
         results.append(("raw LOAD DATA LOCAL INFILE (empty copy)", raw_load_data(engine, "ioc_file_hashes_raw", rows1)))
         results.append((f"executemany INSERT, {args.executemany_batch}-row batches (empty copy)", executemany(engine, "ioc_file_hashes_executemany", rows1, args.executemany_batch)))
-        settings = LoadSettings(batch_rows=args.batch_rows, merge_chunk_rows=args.merge_chunk_rows)
+        load_settings = LoadSettings(batch_rows=args.batch_rows, merge_chunk_rows=args.merge_chunk_rows)
         log = logging.getLogger("bench.load")
         shares = {}
         for label, day in (("sql loader, first day into the empty table", "2024-01-01"), ("sql loader, second day merging into the filled table", "2024-01-02")):
             started = time.perf_counter()
-            load = load_day(warehouse, store, day, settings, log=log, quarantine=lambda r: None, policy=EVERYTHING)
+            load = load_day(warehouse, store, day, load_settings, log=log, quarantine=lambda r: None, policy=EVERYTHING)
             elapsed = time.perf_counter() - started
             results.append((label, elapsed))
             f = load.accounting.figures

@@ -3,7 +3,7 @@
 Writes ``--submissions`` CSV submissions of ``--rows`` rows each into a temporary lake, then times
 (1) the floor: RSA-OAEP + AES-256-EAX decryption of every blob and ``csv.reader`` over the text,
 (2) ``process_submission`` (decrypt, identity hash, parse, normalise, account) and
-(3) the whole ``customer_ioc`` asset into a SQLite warehouse (listing, ledger, upserts, quarantine).
+(3) the whole ``submissions/customer_ioc`` asset into a SQLite warehouse (listing, ledger, upserts, quarantine).
 Prints rows/s of each and the ratios to the floor.
 """
 

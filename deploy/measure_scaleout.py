@@ -96,7 +96,7 @@ def measure_rss(args: argparse.Namespace) -> None:
         env = clean_env(base, home)
         # One asset per run, so the one step process with a pool is that asset's step.
         cases = [
-            ("vt_file_reports", "2020-11-01", "vt_file_reports"),
+            ("vt_feed/vt_file_reports", "2020-11-01", "vt_feed__vt_file_reports"),
             ("sage_dump/ioc_file_hashes", "r01", "sage_dump__ioc_file_hashes"),
             ("sage_dump/ioc_domains", "r01", "sage_dump__ioc_domains"),
         ]
@@ -215,7 +215,7 @@ def celery_backfill(base: Path, feed: Path, days: list[str], count: int, args) -
     queue = f"measure-{uuid.uuid4().hex[:8]}"
     config = {"execution": {"config": {"broker": args.broker, "backend": args.broker, "heavy_queue": queue,
                                        "warehouse_queue": f"{queue}-w"}},
-              "ops": {"vt_file_reports": {"config": {"workers": args.workers}}}}
+              "ops": {"vt_feed__vt_file_reports": {"config": {"workers": args.workers}}}}
     (base / "run.yaml").write_text(yaml.safe_dump(config))
     log = open(base / "worker.log", "wb")
     if args.pool == "threads":

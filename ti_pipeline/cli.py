@@ -48,6 +48,8 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
     from ti_pipeline.sample_data.all import write_all
     from ti_pipeline.sample_data.demo import run_demo
 
@@ -56,7 +58,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     counts = run_demo()
     _print_counts(counts)
     empty = [t for t in ("ioc_file_hashes", "ioc_domains", "ioc_tokens", "ioc_ips", "file_extension_classification", "customer_ioc", "submission_ledger", "threat_actors", "malware_families", "actor_techniques") if not counts[t]]
-    print(f"\nwarehouse: {settings.resolve('TI_WAREHOUSE_URL')}")
+    url = sa.make_url(settings.resolve("TI_WAREHOUSE_URL"))
+    print(f"\nwarehouse: {url.render_as_string(hide_password=True)}")  # a secret setting: no password
     print("open the UI with `make dev` (http://127.0.0.1:3000) to see the runs and their metadata.")
     return 1 if empty else 0
 

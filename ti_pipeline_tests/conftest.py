@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline.core import migrations
+from ti_pipeline.core import migrations, settings
 from ti_pipeline.core.warehouse import Warehouse
 
-MYSQL_SERVER = os.environ.get("TI_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+MYSQL_SERVER = settings.resolve("TI_TEST_MYSQL_URL")
 
 
 def _mysql_reachable() -> bool:

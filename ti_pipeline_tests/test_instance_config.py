@@ -30,6 +30,7 @@ def test_instance_yaml_validates(tmp_path, monkeypatch, source):
     assert config["concurrency"]["runs"]["max_concurrent_runs"] >= 4
     assert {"key": "ti_pipeline/heavy", "limit": config["concurrency"]["runs"]["tag_concurrency_limits"][0]["limit"]} \
         == config["concurrency"]["runs"]["tag_concurrency_limits"][0]
+    assert config["python_logs"]["managed_python_loggers"] == ["ti_pipeline"]  # retries reach the run's log
 
 
 @pytest.fixture

@@ -117,9 +117,9 @@ DAY = "2020-11-02"
     "prepare, select, partition, failpoints",
     [
         ([], "sage_dump/ioc_file_hashes", "r01", "sage.block_written=kill@2"),
-        ([], "vt_file_reports", DAY, "vt_export.package_decompressed=kill@2"),
-        ([], "vt_file_reports", DAY, "vt_export.part_written=kill"),
-        (["vt_file_reports", "broccoli_classifications"], "vt_feed/ioc_file_hashes", DAY, "load.merge_chunk=kill"),
+        ([], "vt_feed/vt_file_reports", DAY, "vt_export.package_decompressed=kill@2"),
+        ([], "vt_feed/vt_file_reports", DAY, "vt_export.part_written=kill"),
+        (["vt_feed/vt_file_reports", "vt_feed/broccoli_classifications"], "vt_feed/ioc_file_hashes", DAY, "load.merge_chunk=kill"),
     ],
     ids=["dump-decode", "vt-decompress", "vt-parquet-write", "load-merge"],
 )

@@ -1,7 +1,7 @@
 """Named failpoints, as TiDB has them: let a test kill the process at an exact point of real work.
 
 ``TI_FAILPOINTS="vt_export.part_written=kill,load.merge=kill@2"`` makes the process SIGKILL itself the
-first (or N-th) time it passes that point. Unset, a failpoint costs one dictionary lookup.
+first (or N-th) time it passes that point. Unset, a failpoint costs a settings lookup.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 import signal
 from collections import Counter
 from functools import cache
+
+from ti_pipeline.core import settings
 
 _passes: Counter[str] = Counter()
 
@@ -28,7 +30,7 @@ def _armed(spec: str) -> dict[str, int]:
 
 def failpoint(name: str) -> None:
     """SIGKILL this process if ``name`` is armed and this is its N-th pass."""
-    spec = os.environ.get("TI_FAILPOINTS")
+    spec = settings.text("TI_FAILPOINTS")
     if not spec or name not in (armed := _armed(spec)):
         return
     _passes[name] += 1

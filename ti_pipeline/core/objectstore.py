@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+from ti_pipeline.core import settings
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -131,7 +133,7 @@ class GcsStore(ObjectStore):
         from google.cloud import storage
 
         if client is None:
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
+            if settings.is_set("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
 
                 client = storage.Client(project="ti-pipeline", credentials=AnonymousCredentials())

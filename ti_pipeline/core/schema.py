@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -120,6 +121,20 @@ file_extension_classification = sa.Table(
     *_timestamps(),
 )
 
+
+@dataclass(frozen=True)
+class MergeRule:
+    """When an incoming row may replace the stored one (``Warehouse.upsert`` turns it into SQL).
+
+    ``newer_column``: only a row whose value there is at least the stored one replaces it (NULL stored
+    loses), so loading inputs in any order ends in the same table. ``protected_source``: a stored row
+    of that source is never replaced by a row of another source (curated entries outrank feeds).
+    """
+
+    newer_column: str | None = None
+    protected_source: str | None = None
+
+
 customer_ioc = sa.Table(
     "customer_ioc",
     metadata,
@@ -148,6 +163,20 @@ submission_ledger = sa.Table(
     sa.Column("processed_at", DATETIME, nullable=False),
     sa.Index("ix_submission_ledger_identity", "identity_hash"),
 )
+
+
+# How a row merges with what the table already holds, whichever feed brings it (the dump load, and for
+# ``ioc_file_hashes`` the VT load's merge too): the newest scan wins; curated TOKENS domains and IPs
+# are never overwritten by an automated classification.
+MERGE_RULES = {
+    ioc_file_hashes.name: MergeRule(newer_column="scan_date"),
+    ioc_domains.name: MergeRule(newer_column="last_seen", protected_source="TOKENS"),
+    ioc_ips.name: MergeRule(protected_source="TOKENS"),
+    ioc_tokens.name: MergeRule(),
+    file_extension_classification.name: MergeRule(),
+    # Per org, type and value the row of the latest submission wins, whatever order runs see them in.
+    customer_ioc.name: MergeRule(newer_column="submitted_at"),
+}
 
 
 threat_actors = sa.Table(

@@ -9,10 +9,7 @@ re-applying an upsert batch is harmless, so a retry can never double a row.
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
 import sqlalchemy as sa
@@ -20,24 +17,15 @@ from sqlalchemy.dialects import mysql, sqlite
 
 from ti_pipeline.core import schema
 from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.retry import Backoff, retry_call
+from ti_pipeline.core.schema import MergeRule
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500
-RETRIES = 5
-
-
-@dataclass(frozen=True)
-class MergeRule:
-    """When an incoming row may replace the stored one.
-
-    ``newer_column``: only a row whose value there is at least the stored one replaces it (NULL stored
-    loses), so loading inputs in any order ends in the same table. ``protected_source``: a stored row
-    of that source is never replaced by a row of another source (curated entries outrank feeds).
-    """
-
-    newer_column: str | None = None
-    protected_source: str | None = None
+WRITE_RETRIES = Backoff(attempts=6, base=0.5, cap=30.0)
+ALWAYS_REPLACE = MergeRule()
+"""The rule of a plain upsert: an incoming row replaces the stored one."""
 
 
 def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]]:
@@ -137,7 +125,7 @@ class Warehouse:
         self._statements[key] = stmt
         return stmt
 
-    def upsert(self, table: sa.Table, rows: Iterable[dict], rule: MergeRule = MergeRule()) -> int:
+    def upsert(self, table: sa.Table, rows: Iterable[dict], rule: MergeRule = ALWAYS_REPLACE) -> int:
         """Upsert rows in batches; returns how many rows were sent."""
         sent = 0
         for batch in batched(rows, self.batch_rows):
@@ -172,23 +160,24 @@ class Warehouse:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
 
-    def _with_retry(self, work) -> None:
-        for attempt in range(RETRIES + 1):
-            try:
-                with self.engine.begin() as conn:
-                    work(conn)
-                return
-            except sa.exc.OperationalError as exc:
-                if attempt == RETRIES or not is_transient(exc):
-                    raise
-                delay = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
-                log.warning("warehouse write failed (%s), retry %d in %.1fs", exc.orig, attempt + 1, delay)
-                time.sleep(delay)
+    def _with_retry(self, work: Callable[[sa.Connection], object]) -> None:
+        def transaction() -> None:
+            with self.engine.begin() as conn:
+                work(conn)
+
+        retry_call(transaction, WRITE_RETRIES, what="warehouse write", retry_on=is_transient, describe=driver_error, logger=log)
 
 
-def is_transient(exc: sa.exc.OperationalError) -> bool:
+def is_transient(exc: Exception) -> bool:
     """Dropped or refused connections, deadlocks and lock waits: worth another try."""
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
     code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
     if isinstance(code, int):
         return code in (1205, 1213, 2003, 2006, 2013, 2055, 8022, 8028, 9007)
     return "locked" in str(exc).lower() or exc.connection_invalidated
+
+
+def driver_error(exc: Exception) -> str:
+    """The driver's own message, for a log line: SQLAlchemy's text would add the statement and every row."""
+    return str(getattr(exc, "orig", None) or exc)

@@ -1,13 +1,14 @@
-"""Resources: thin Dagster wrappers that hand out the warehouse and the object stores.
+"""Resources: thin Dagster wrappers that hand out the warehouse, the object stores and the clients.
 
-Each field left unset falls back to its configuration name in the environment, then to the embedded
-default under ``TI_DATA_DIR`` (see ``settings``), so the same definitions run on a laptop and in
-production.
+A field backed by a ``TI_*`` name (``core.settings``) is ``EnvVar(name)`` when the name is set, so the
+launchpad shows where the value comes from and Dagster reads it when the run starts; a field left
+None takes the settings table's default (or the environment of the run) when it is used. Secrets
+reach a resource only as ``EnvVar`` and are never logged.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from functools import cached_property
 
 from dagster import ConfigurableResource, EnvVar
@@ -17,11 +18,20 @@ from ti_pipeline.core import settings
 from ti_pipeline.core.objectstore import ObjectStore, open_store
 from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import Warehouse
+from ti_pipeline.defs.config import fields_of, options_from
+from ti_pipeline.vt_feed.load import LoadSettings
 
 
-def from_env(name: str) -> EnvVar | None:
-    """``EnvVar(name)`` when it is set (so the UI shows where a value comes from), else None."""
-    return EnvVar(name) if os.environ.get(name) else None
+def env(name: str) -> EnvVar | int | None:
+    """``EnvVar(name)`` (``EnvVar.int`` for an int setting) when ``name`` is set, else None: the table's default."""
+    if not settings.is_set(name):
+        return None
+    return EnvVar.int(name) if settings.SETTINGS[name].kind == "int" else EnvVar(name)
+
+
+def env_fields(options: type) -> dict[str, EnvVar | int | None]:
+    """``env`` of every field of an option dataclass whose default is a setting (``settings.configured``)."""
+    return {f.name: env(f.metadata["setting"]) for f in dataclasses.fields(options) if "setting" in f.metadata}
 
 
 class WarehouseResource(ConfigurableResource):
@@ -41,7 +51,7 @@ class WarehouseResource(ConfigurableResource):
         return self._warehouse
 
     def import_policy(self) -> ImportPolicy:
-        return ImportPolicy.parse(settings.optional("TI_IMPORT_CLASSIFICATIONS", self.import_classifications))
+        return ImportPolicy.parse(settings.text("TI_IMPORT_CLASSIFICATIONS", self.import_classifications))
 
 
 class ObjectStoreResource(ConfigurableResource):
@@ -78,7 +88,7 @@ class PrivateKeyFileResource(ConfigurableResource):
 
 
 class MalpediaResource(ConfigurableResource):
-    """The Malpedia REST API (``TI_MALPEDIA_URL``), within its request budget (60/min, 2000/h by default).
+    """The Malpedia REST API (``TI_MALPEDIA_URL``), within its request budget (Malpedia's published quota).
 
     Limits left unset come from ``TI_MALPEDIA_REQUESTS_PER_MINUTE`` / ``_PER_HOUR`` at run time, so a
     loopback server (tests, the demo) can lift them without touching the definitions.
@@ -101,8 +111,8 @@ class MalpediaResource(ConfigurableResource):
     def budget(self):
         from ti_pipeline.threat_actors.budget import RequestBudget
 
-        per_minute = self.requests_per_minute or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_MINUTE"))
-        per_hour = self.requests_per_hour or int(settings.resolve("TI_MALPEDIA_REQUESTS_PER_HOUR"))
+        per_minute = settings.integer("TI_MALPEDIA_REQUESTS_PER_MINUTE", self.requests_per_minute)
+        per_hour = settings.integer("TI_MALPEDIA_REQUESTS_PER_HOUR", self.requests_per_hour)
         return RequestBudget([(per_minute, 60.0), (per_hour, 3600.0)])
 
     def client(self):
@@ -155,70 +165,41 @@ class BroccoliResource(ConfigurableResource):
         )
 
 
-class LoaderResource(ConfigurableResource):
+class LoaderResource(fields_of(LoadSettings, ConfigurableResource)):
     """How exported VT days reach ``ioc_file_hashes``: ``TI_LOADER`` = sql (default), lightning or import_into.
 
-    TiDB connection fields left unset come from ``TI_TIDB_*``, then from the warehouse URL; the
-    password only from ``EnvVar("TI_TIDB_PASSWORD")`` (or the URL) and is never logged.
+    The fields are ``LoadSettings``'; TiDB connection fields left unset come from ``TI_TIDB_*``, then
+    from the warehouse URL; the password only from ``EnvVar("TI_TIDB_PASSWORD")`` (or the URL).
     """
 
-    loader: str | None = None
-    batch_rows: int = 50_000
-    """Rows per staging batch (one LOAD DATA / INSERT transaction)."""
-    merge_chunk_rows: int = 100_000
-    """Staged rows per merge transaction (keep TiDB transactions small)."""
-    load_data: bool = True
-    """sql loader on MySQL-family servers: LOAD DATA LOCAL INFILE (False: batched INSERTs)."""
-    lightning_bin: str | None = None
-    """The tidb-lightning command, e.g. ``tidb-lightning`` or ``tiup tidb-lightning`` (TI_LIGHTNING_BIN)."""
-    sorted_kv_dir: str | None = None
-    """Local scratch of Lightning's local backend (TI_LIGHTNING_SORTED_KV_DIR, default under TI_DATA_DIR)."""
-    tidb_host: str | None = None
-    tidb_port: int | None = None
-    tidb_user: str | None = None
-    tidb_password: str | None = None
-    tidb_status_port: int | None = None
-    pd_addr: str | None = None
-    timeout_seconds: float = 6 * 3600.0
-    """Longest a Lightning run or IMPORT INTO job may take before it is killed / cancelled."""
-    poll_seconds: float = 10.0
-
-    def load_settings(self, loader: str | None = None):
-        from ti_pipeline.vt_feed.load import LoadSettings
-
-        port = self.tidb_port or os.environ.get("TI_TIDB_PORT")
-        return LoadSettings(
-            loader=settings.resolve("TI_LOADER", loader or self.loader),
-            batch_rows=self.batch_rows,
-            merge_chunk_rows=self.merge_chunk_rows,
-            load_data=self.load_data,
-            lightning_bin=settings.resolve("TI_LIGHTNING_BIN", self.lightning_bin),
-            sorted_kv_dir=self.sorted_kv_dir
-            or os.environ.get("TI_LIGHTNING_SORTED_KV_DIR")
-            or str(settings.data_dir() / "lightning-sorted-kv"),
-            tidb_host=self.tidb_host or os.environ.get("TI_TIDB_HOST"),
-            tidb_port=int(port) if port else None,
-            tidb_user=self.tidb_user or os.environ.get("TI_TIDB_USER"),
-            tidb_password=self.tidb_password,
-            tidb_status_port=int(self.tidb_status_port or settings.resolve("TI_TIDB_STATUS_PORT")),
-            pd_addr=self.pd_addr or os.environ.get("TI_TIDB_PD_ADDR"),
-            timeout_seconds=self.timeout_seconds,
-            poll_seconds=self.poll_seconds,
-        )
+    def load_settings(self, loader: str | None = None) -> LoadSettings:
+        """The settings of one run; ``loader`` is the run config's choice, if any."""
+        return options_from(self, LoadSettings, loader=loader)
 
 
-def build_resources() -> dict:
-    """Resources from the environment, each falling back to its embedded default."""
+def _store(setting: str) -> ObjectStoreResource:
+    return ObjectStoreResource(setting=setting, uri=env(setting))
+
+
+def build_resources() -> dict[str, ConfigurableResource]:
+    """Every resource, its settings as ``EnvVar`` where set, the rest left to the settings table."""
     return {
-        "warehouse": WarehouseResource(url=from_env("TI_WAREHOUSE_URL")),
-        "sage_dump": ObjectStoreResource(setting="TI_SAGE_DUMP_URI", uri=from_env("TI_SAGE_DUMP_URI")),
-        "vt_feed": ObjectStoreResource(setting="TI_VT_FEED_URI", uri=from_env("TI_VT_FEED_URI")),
-        "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=from_env("TI_EXPORT_URI")),
-        "broccoli": BroccoliResource(uri=from_env("TI_BROCCOLI_URI")),
-        "loader": LoaderResource(loader=from_env("TI_LOADER"), tidb_password=from_env("TI_TIDB_PASSWORD")),
-        "submissions_lake": ObjectStoreResource(setting="TI_SUBMISSIONS_URI", uri=from_env("TI_SUBMISSIONS_URI")),
-        "malpedia": MalpediaResource(url=from_env("TI_MALPEDIA_URL"), token=from_env("TI_MALPEDIA_TOKEN")),
+        "warehouse": WarehouseResource(
+            url=env("TI_WAREHOUSE_URL"), import_classifications=env("TI_IMPORT_CLASSIFICATIONS")
+        ),
+        "sage_dump": _store("TI_SAGE_DUMP_URI"),
+        "vt_feed": _store("TI_VT_FEED_URI"),
+        "export_store": _store("TI_EXPORT_URI"),
+        "broccoli": BroccoliResource(uri=env("TI_BROCCOLI_URI")),
+        "loader": LoaderResource(**env_fields(LoadSettings)),
+        "submissions_lake": _store("TI_SUBMISSIONS_URI"),
+        "malpedia": MalpediaResource(
+            url=env("TI_MALPEDIA_URL"),
+            token=env("TI_MALPEDIA_TOKEN"),
+            requests_per_minute=env("TI_MALPEDIA_REQUESTS_PER_MINUTE"),
+            requests_per_hour=env("TI_MALPEDIA_REQUESTS_PER_HOUR"),
+        ),
         "submissions_private_key": PrivateKeyFileResource(
-            setting="TI_SUBMISSIONS_PRIVATE_KEY_FILE", path=from_env("TI_SUBMISSIONS_PRIVATE_KEY_FILE")
+            setting="TI_SUBMISSIONS_PRIVATE_KEY_FILE", path=env("TI_SUBMISSIONS_PRIVATE_KEY_FILE")
         ),
     }

@@ -12,7 +12,6 @@ from dagster import (
     AssetKey,
     AssetSelection,
     AssetSpec,
-    Config,
     Definitions,
     Failure,
     MaterializeResult,
@@ -21,31 +20,31 @@ from dagster import (
     multi_asset,
 )
 
-from ti_pipeline.core import keys, schema, settings
+from ti_pipeline.core import keys, schema
 from ti_pipeline.core.accounting import Accounting
 from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.core.quality import invalid_keys
 from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import Warehouse
+from ti_pipeline.defs.config import fields_of, options_from
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
 from ti_pipeline.defs.metadata import Progress, accounting_metadata, reconcile_check, sample_table
 from ti_pipeline.defs.partitions import dump_shards
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.sage_dump import layout
-from ti_pipeline.sage_dump.load import TABLES, load_dump_file, rule_context
+from ti_pipeline.sage_dump.load import TABLES, DumpOptions, load_dump_file, rule_context
 
-GROUP = "sage_dump"
-PREFIX = "sage_dump"
+# The domain's one name: package, defs module, asset group and key prefix.
+DOMAIN = "sage_dump"
+IOC_FILE_HASHES_KEY = AssetKey([DOMAIN, "ioc_file_hashes"])
+IOC_DOMAINS_KEY = AssetKey([DOMAIN, "ioc_domains"])
+IOC_TOKENS_KEY = AssetKey([DOMAIN, "ioc_tokens"])
+IOC_IPS_KEY = AssetKey([DOMAIN, "ioc_ips"])
+FILE_EXTENSION_CLASSIFICATION_KEY = AssetKey([DOMAIN, "file_extension_classification"])
 
 
-class SageDumpConfig(Config):
-    workers: int = 0
-    """Decoding processes for this step; 0 means one per core."""
-    block_mib: int = 4
-    """Size of the blocks of whole documents handed to a decoding process."""
-    shard_dir: str | None = None
-    """A shard's folder under the dump root, with a {shard} placeholder (e.g.
-    cr-mongo-shard-{shard}.cybereason.net); unset: TI_SAGE_SHARD_DIR, else found in either layout."""
+class SageDumpConfig(fields_of(DumpOptions)):
+    """Run config of the Sage dump assets: ``DumpOptions`` (``shard_dir`` unset: ``TI_SAGE_SHARD_DIR``)."""
 
 
 @dataclass
@@ -79,19 +78,22 @@ def load_collection(
     *,
     collection: str,
     shards: Iterable[str],
-    asset_name: str,
+    asset_key: AssetKey,
     partition_key: str,
     policy: ImportPolicy,
 ) -> CollectionLoad:
-    """Stream the file of ``collection`` in each of ``shards`` into the warehouse."""
+    """Stream the file of ``collection`` in each of ``shards`` into the warehouse; rejects go to the
+    quarantine under the asset's full key (``sage_dump/ioc_file_hashes``) and ``partition_key``."""
     shards = list(shards)
-    template = settings.optional("TI_SAGE_SHARD_DIR", config.shard_dir)
+    options = options_from(config, DumpOptions)
+    template = options.shard_dir
     files = dump_files(store, shards, collection, template)
     if not files:
         looked = ", ".join(folder for shard in shards for folder in layout.looked_in(shard, template))
         raise Failure(
             f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)} (looked in {looked})"
         )
+    asset_name = asset_key.to_user_string()
     warehouse.clear_quarantine(asset_name, partition_key)
     load = CollectionLoad(files=files)
     total = load.accounting
@@ -108,8 +110,7 @@ def load_collection(
             store, dump_file.name, collection, warehouse,
             quarantine_key=(asset_name, partition_key),
             ctx=ctx,
-            workers=config.workers,
-            block_bytes=config.block_mib << 20,
+            options=options,
             on_progress=lambda a, n, done=done: progress.update(done[0] + a.read, done[1] + n),
         )
         total.merge(acc)
@@ -156,26 +157,26 @@ def key_check(warehouse: Warehouse, table_name: str, asset_key: AssetKey) -> Ass
     )
 
 
-def _checks(name: str) -> list[AssetCheckSpec]:
-    key = AssetKey([PREFIX, name])
+def _checks(key: AssetKey) -> list[AssetCheckSpec]:
     return [
         AssetCheckSpec("counts_reconcile", asset=key, description="read = written + filtered + rejected"),
         AssetCheckSpec("valid_keys", asset=key, description="every key in the table is a well-formed value"),
     ]
 
 
-def _shard_asset(name: str, collection: str, description: str):
+def _shard_asset(key: AssetKey, collection: str, description: str):
+    name = key.path[-1]
+
     @asset(
-        name=name,
-        key_prefix=[PREFIX],
-        group_name=GROUP,
+        key=key,
+        group_name=DOMAIN,
         partitions_def=dump_shards,
         description=description,
-        check_specs=_checks(name),
+        check_specs=_checks(key),
         pool="warehouse_writes",
         tags={"ti_pipeline/heavy": "bson_decode"},
         metadata={"dagster/table_name": name, "source_collection": collection,
-                  **({"feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"} if name == "ioc_file_hashes" else {})},
+                  **({"feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"} if key == IOC_FILE_HASHES_KEY else {})},
         kinds={"python", "sql"},
     )
     def _asset(
@@ -188,9 +189,8 @@ def _shard_asset(name: str, collection: str, description: str):
         wh, store, policy = warehouse.get(), sage_dump.get(), import_policy(warehouse)
         load = load_collection(
             context, store, wh, config,
-            collection=collection, shards=[shard], asset_name=name, partition_key=shard, policy=policy,
+            collection=collection, shards=[shard], asset_key=key, partition_key=shard, policy=policy,
         )
-        key = AssetKey([PREFIX, name])
         extra = {"shard": shard, **load.file_metadata(store),
                  "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
         if collection == "file_rep":
@@ -203,13 +203,13 @@ def _shard_asset(name: str, collection: str, description: str):
 
 
 ioc_file_hashes = _shard_asset(
-    "ioc_file_hashes",
+    IOC_FILE_HASHES_KEY,
     "file_rep",
     "File-hash reputation from the dump's file_rep (VT report kept when response_code is 1). "
     "The table's other feeder is vt_feed/ioc_file_hashes (the daily VT load); the newest scan_date wins.",
 )
 ioc_domains = _shard_asset(
-    "ioc_domains",
+    IOC_DOMAINS_KEY,
     "domain_classification",
     "Domain reputation from domain_classification: unknown skipped, indifferent kept as AV_DETECTED only "
     "with a detected URL. DOMAIN tokens (sage_dump/ioc_tokens) overlay it and are never overwritten.",
@@ -219,21 +219,21 @@ ioc_domains = _shard_asset(
 @multi_asset(
     specs=[
         AssetSpec(
-            AssetKey([PREFIX, "ioc_tokens"]),
-            group_name=GROUP,
+            IOC_TOKENS_KEY,
+            group_name=DOMAIN,
             description="Curated tokens (TOKENS, from every shard that holds it). DOMAIN tokens also overlay ioc_domains.",
             metadata={"dagster/table_name": "ioc_tokens"},
             kinds={"python", "sql"},
         ),
         AssetSpec(
-            AssetKey([PREFIX, "ioc_ips"]),
-            group_name=GROUP,
+            IOC_IPS_KEY,
+            group_name=DOMAIN,
             description="IP reputation from IPv4 tokens (sinkholes are not imported: rule team decision).",
             metadata={"dagster/table_name": "ioc_ips"},
             kinds={"python", "sql"},
         ),
     ],
-    check_specs=_checks("ioc_tokens") + _checks("ioc_ips")[1:],
+    check_specs=_checks(IOC_TOKENS_KEY) + _checks(IOC_IPS_KEY)[1:],
     pool="warehouse_writes",
 )
 def ioc_tokens(
@@ -241,25 +241,24 @@ def ioc_tokens(
 ):
     wh, store = warehouse.get(), sage_dump.get()
     load = load_collection(
-        context, store, wh, config, collection="TOKENS", shards=keys.SHARDS, asset_name="ioc_tokens",
+        context, store, wh, config, collection="TOKENS", shards=keys.SHARDS, asset_key=IOC_TOKENS_KEY,
         partition_key="all", policy=import_policy(warehouse),
     )
     files = load.file_metadata(store)
     meta = accounting_metadata(load.accounting, files)
-    tokens_key, ips_key = AssetKey([PREFIX, "ioc_tokens"]), AssetKey([PREFIX, "ioc_ips"])
     ip_count = wh.count(schema.ioc_ips, schema.ioc_ips.c.source == "TOKENS")
-    yield MaterializeResult(asset_key=tokens_key, metadata=meta)
-    yield MaterializeResult(asset_key=ips_key, metadata={"dagster/row_count": ip_count, "from_tokens": ip_count, **files})
-    yield reconcile_check(load.accounting, asset_key=tokens_key)
-    yield key_check(wh, "ioc_tokens", tokens_key)
-    yield key_check(wh, "ioc_ips", ips_key)
+    yield MaterializeResult(asset_key=IOC_TOKENS_KEY, metadata=meta)
+    yield MaterializeResult(asset_key=IOC_IPS_KEY, metadata={"dagster/row_count": ip_count, "from_tokens": ip_count, **files})
+    yield reconcile_check(load.accounting, asset_key=IOC_TOKENS_KEY)
+    yield key_check(wh, "ioc_tokens", IOC_TOKENS_KEY)
+    yield key_check(wh, "ioc_ips", IOC_IPS_KEY)
 
 
 @asset(
-    key_prefix=[PREFIX],
-    group_name=GROUP,
+    key=FILE_EXTENSION_CLASSIFICATION_KEY,
+    group_name=DOMAIN,
     description="Extension types for double-extension detection (FILE_EXTENSION_CLASSIFICATION, from every shard that holds it).",
-    check_specs=[_checks("file_extension_classification")[0]],
+    check_specs=[_checks(FILE_EXTENSION_CLASSIFICATION_KEY)[0]],
     pool="warehouse_writes",
     metadata={"dagster/table_name": "file_extension_classification"},
     kinds={"python", "sql"},
@@ -271,7 +270,7 @@ def file_extension_classification(
     load = load_collection(
         context, store, warehouse.get(), config,
         collection="FILE_EXTENSION_CLASSIFICATION", shards=keys.SHARDS,
-        asset_name="file_extension_classification", partition_key="all", policy=import_policy(warehouse),
+        asset_key=FILE_EXTENSION_CLASSIFICATION_KEY, partition_key="all", policy=import_policy(warehouse),
     )
     yield MaterializeResult(metadata=accounting_metadata(load.accounting, load.file_metadata(store)))
     yield reconcile_check(load.accounting)
@@ -281,13 +280,13 @@ assets = [ioc_file_hashes, ioc_domains, ioc_tokens, file_extension_classificatio
 
 SAGE_DUMP_SHARDS = JobSpec(
     "sage_dump_shards_job",
-    AssetSelection.assets([PREFIX, "ioc_file_hashes"], [PREFIX, "ioc_domains"]),
+    AssetSelection.assets(IOC_FILE_HASHES_KEY, IOC_DOMAINS_KEY),
     "The shard-partitioned dump collections (file_rep, domain_classification) for one shard.",
     {HEAVY_TAG: "bson_decode"},
 )
 SAGE_DUMP_SMALL_COLLECTIONS = JobSpec(
     "sage_dump_small_collections_job",
-    AssetSelection.assets([PREFIX, "ioc_tokens"], [PREFIX, "ioc_ips"], [PREFIX, "file_extension_classification"]),
+    AssetSelection.assets(IOC_TOKENS_KEY, IOC_IPS_KEY, FILE_EXTENSION_CLASSIFICATION_KEY),
     "TOKENS (tokens, IPs, domain overlay) and FILE_EXTENSION_CLASSIFICATION.",
 )
 sage_dump_shards_job = SAGE_DUMP_SHARDS.build()

@@ -49,8 +49,14 @@ from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 from dagster_shared.serdes import deserialize_value
 
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
-from ti_pipeline.defs.sage_dump import SAGE_DUMP_SHARDS, SAGE_DUMP_SMALL_COLLECTIONS
+from ti_pipeline.defs.sage_dump import (
+    IOC_DOMAINS_KEY,
+    IOC_FILE_HASHES_KEY,
+    SAGE_DUMP_SHARDS,
+    SAGE_DUMP_SMALL_COLLECTIONS,
+)
 from ti_pipeline.defs.vt_feed.automation import VT_FILE_REPORTS, VT_LOAD
+from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
 
 # The jobs a deployment spreads over workers.
 SCALE_OUT = (VT_FILE_REPORTS, VT_LOAD, SAGE_DUMP_SHARDS, SAGE_DUMP_SMALL_COLLECTIONS)
@@ -64,7 +70,7 @@ INSPECT_TIMEOUT_SECONDS = 2.0
 
 # ---------------------------------------------------------------------------------------- Celery
 
-TI_CELERY_CONFIG = {
+CELERY_EXECUTOR_CONFIG = {
     **CELERY_CONFIG,
     "heavy_queue": Field(
         StringSource, is_required=False, default_value=HEAVY_QUEUE,
@@ -80,7 +86,7 @@ TI_CELERY_CONFIG = {
     ),
 }
 # The keys only ti_pipeline reads; the rest is dagster-celery's own executor config.
-TI_ONLY_KEYS = ("heavy_queue", "warehouse_queue", "worker_lost_after_seconds")
+OWN_EXECUTOR_KEYS = ("heavy_queue", "warehouse_queue", "worker_lost_after_seconds")
 
 
 def step_queue(step_tags: Mapping[str, str], run_tags: Mapping[str, str], heavy_queue: str, warehouse_queue: str) -> str:
@@ -254,7 +260,7 @@ class TiCeleryExecutor(CeleryExecutor):
         return ti_celery_execution_loop(plan_context, execution_plan, self)
 
 
-@executor(name="ti_celery", config_schema=TI_CELERY_CONFIG, requirements=multiple_process_executor_requirements())
+@executor(name="ti_celery", config_schema=CELERY_EXECUTOR_CONFIG, requirements=multiple_process_executor_requirements())
 def ti_celery_executor(init_context):
     """dagster-celery's executor (same config: broker, backend, config_source, ...) plus the heavy and
     warehouse queues and lost-worker detection; workers: ``ti-pipeline worker``."""
@@ -303,18 +309,22 @@ class StepSize:
         return {"requests": {"cpu": str(workers), "memory": f"{request}Mi"}, "limits": {"memory": f"{2 * request}Mi"}}
 
 
+# The heavy steps by op name (an asset's op is named for its key: ``vt_feed__vt_file_reports``).
+VT_EXPORT_OP = VT_FILE_REPORTS_KEY.to_python_identifier()
+DUMP_FILE_REP_OP = IOC_FILE_HASHES_KEY.to_python_identifier()
+DUMP_DOMAINS_OP = IOC_DOMAINS_KEY.to_python_identifier()
 # Measured 2026-12-02 with workers: 2 (deploy/measure_scaleout.py rss): vt_file_reports 344 MiB step
 # process + 211 MiB per pool process (789 MiB in all); a dump shard step 334 + 107 (561 MiB).
 STEP_SIZES = {
-    "vt_file_reports": StepSize(step_mib=360, worker_mib=215),
-    "sage_dump__ioc_file_hashes": StepSize(step_mib=345, worker_mib=110),
-    "sage_dump__ioc_domains": StepSize(step_mib=345, worker_mib=110),
+    VT_EXPORT_OP: StepSize(step_mib=360, worker_mib=215),
+    DUMP_FILE_REP_OP: StepSize(step_mib=345, worker_mib=110),
+    DUMP_DOMAINS_OP: StepSize(step_mib=345, worker_mib=110),
 }
 # The job each heavy step (op) belongs to, for the default ``workers`` of the Kubernetes variants.
 HEAVY_STEP_JOBS = {
-    "vt_file_reports": VT_FILE_REPORTS,
-    "sage_dump__ioc_file_hashes": SAGE_DUMP_SHARDS,
-    "sage_dump__ioc_domains": SAGE_DUMP_SHARDS,
+    VT_EXPORT_OP: VT_FILE_REPORTS,
+    DUMP_FILE_REP_OP: SAGE_DUMP_SHARDS,
+    DUMP_DOMAINS_OP: SAGE_DUMP_SHARDS,
 }
 # The heavy steps' ``workers`` in the Kubernetes variants unless the run config says otherwise: the
 # pod requests that many CPUs (the run pods of deploy/dagster.production.yaml request 4 too).

@@ -28,10 +28,11 @@ from ti_pipeline.threat_actors.client import MalpediaError
 from ti_pipeline.threat_actors.enrich import enrich_actors
 from ti_pipeline.threat_actors.sync import SyncReport, TableSync, sync_malpedia
 
-GROUP = "threat_actors"
-THREAT_ACTORS = AssetKey("threat_actors")
-MALWARE_FAMILIES = AssetKey("malware_families")
-ACTOR_TECHNIQUES = AssetKey("actor_techniques")
+# The domain's one name: package, defs module, asset group and key prefix.
+DOMAIN = "threat_actors"
+THREAT_ACTORS_KEY = AssetKey([DOMAIN, "threat_actors"])
+MALWARE_FAMILIES_KEY = AssetKey([DOMAIN, "malware_families"])
+ACTOR_TECHNIQUES_KEY = AssetKey([DOMAIN, "actor_techniques"])
 NAMES_SHOWN = 100
 
 
@@ -85,23 +86,23 @@ def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
 @multi_asset(
     specs=[
         AssetSpec(
-            THREAT_ACTORS,
-            group_name=GROUP,
+            THREAT_ACTORS_KEY,
+            group_name=DOMAIN,
             description="Malpedia threat actors; vanished actors are marked removed, never deleted.",
             metadata={"dagster/table_name": "threat_actors"},
             kinds={"python", "sql"},
         ),
         AssetSpec(
-            MALWARE_FAMILIES,
-            group_name=GROUP,
+            MALWARE_FAMILIES_KEY,
+            group_name=DOMAIN,
             description="Malpedia malware families (names, attribution, references).",
             metadata={"dagster/table_name": "malware_families"},
             kinds={"python", "sql"},
         ),
     ],
     check_specs=[
-        AssetCheckSpec("counts_reconcile", asset=THREAT_ACTORS, description="read = written + filtered + rejected"),
-        AssetCheckSpec("counts_reconcile", asset=MALWARE_FAMILIES, description="read = written + filtered + rejected"),
+        AssetCheckSpec("counts_reconcile", asset=THREAT_ACTORS_KEY, description="read = written + filtered + rejected"),
+        AssetCheckSpec("counts_reconcile", asset=MALWARE_FAMILIES_KEY, description="read = written + filtered + rejected"),
     ],
     name="malpedia_sync",
     pool="warehouse_writes",
@@ -123,9 +124,9 @@ def malpedia_sync(
         report = asyncio.run(run())
     except MalpediaError as exc:
         raise Failure(f"Malpedia sync failed: {exc}") from None
-    for table in (report.actors, report.families):
-        wh.clear_quarantine(table.table, "all")
-        wh.add_quarantine(table.table, "all", table.errors)
+    for key, table in ((THREAT_ACTORS_KEY, report.actors), (MALWARE_FAMILIES_KEY, report.families)):
+        wh.clear_quarantine(key.to_user_string(), "all")
+        wh.add_quarantine(key.to_user_string(), "all", table.errors)
     if report.version_unchanged:
         context.log.info(f"Malpedia version {report.version} already synced: nothing fetched")
     else:
@@ -133,18 +134,18 @@ def malpedia_sync(
             f"Malpedia {report.previous_version} -> {report.version}: actors {_summary(report.actors)}; "
             f"families {_summary(report.families)}; {report.requests} requests, {report.retries} retries"
         )
-    yield MaterializeResult(asset_key=THREAT_ACTORS, metadata=table_metadata(report, report.actors))
-    yield MaterializeResult(asset_key=MALWARE_FAMILIES, metadata=table_metadata(report, report.families))
-    yield reconcile_check(report.actors.accounting, asset_key=THREAT_ACTORS)
-    yield reconcile_check(report.families.accounting, asset_key=MALWARE_FAMILIES)
+    yield MaterializeResult(asset_key=THREAT_ACTORS_KEY, metadata=table_metadata(report, report.actors))
+    yield MaterializeResult(asset_key=MALWARE_FAMILIES_KEY, metadata=table_metadata(report, report.families))
+    yield reconcile_check(report.actors.accounting, asset_key=THREAT_ACTORS_KEY)
+    yield reconcile_check(report.families.accounting, asset_key=MALWARE_FAMILIES_KEY)
 
 
 @asset(
-    key=ACTOR_TECHNIQUES,
-    deps=[THREAT_ACTORS],
-    group_name=GROUP,
+    key=ACTOR_TECHNIQUES_KEY,
+    deps=[THREAT_ACTORS_KEY],
+    group_name=DOMAIN,
     description="MITRE ATT&CK techniques per actor (shipped ATT&CK data), re-matched only for changed actors.",
-    check_specs=[AssetCheckSpec("counts_reconcile", asset=ACTOR_TECHNIQUES, description="read = written + filtered + rejected")],
+    check_specs=[AssetCheckSpec("counts_reconcile", asset=ACTOR_TECHNIQUES_KEY, description="read = written + filtered + rejected")],
     pool="warehouse_writes",
     metadata={"dagster/table_name": "actor_techniques"},
     kinds={"python", "sql"},
@@ -174,7 +175,7 @@ assets = [malpedia_sync, actor_techniques]
 
 THREAT_ACTORS_SPEC = JobSpec(
     "threat_actors_job",
-    AssetSelection.groups("threat_actors"),
+    AssetSelection.groups(DOMAIN),
     "Malpedia sync (one version request when nothing changed), then ATT&CK techniques of changed actors.",
 )
 threat_actors_job = THREAT_ACTORS_SPEC.build()

@@ -58,9 +58,9 @@ def worker_app(config: Mapping[str, Any]):
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
 
-    from ti_pipeline.defs.scale_out import TI_ONLY_KEYS
+    from ti_pipeline.defs.scale_out import OWN_EXECUTOR_KEYS
 
-    stock = {k: v for k, v in config.items() if k not in TI_ONLY_KEYS and k != "retries"}
+    stock = {k: v for k, v in config.items() if k not in OWN_EXECUTOR_KEYS and k != "retries"}
     app = make_app(CeleryExecutor.for_cli(**stock).app_args())
     create_task(app)
     broker = str(app.conf.broker_url or "")

@@ -8,9 +8,7 @@ stays flat whatever the file's size, and results come back in file order (determ
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -18,7 +16,7 @@ import bson
 from bson.codec_options import CodecOptions
 
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
-from ti_pipeline.core.procpool import spawn_pool
+from ti_pipeline.core.procpool import results_in_order, spawn_pool
 from ti_pipeline.sage_dump.bson_stream import Block, Corrupt, GzipStream, document_offsets, iter_blocks
 from ti_pipeline.sage_dump.rules import RULES, Filtered, Rejected, RuleContext
 
@@ -105,17 +103,10 @@ def process_stream(
                 yield transform_block(collection, source, item.offset, item.data, ctx)
         return
     with spawn_pool(workers) as pool:
-        in_flight: deque[Future | BlockResult] = deque()
-        for item in blocks:
-            if isinstance(item, Block):
-                in_flight.append(pool.submit(transform_block, collection, source, item.offset, item.data, ctx))
-            else:
-                in_flight.append(corrupt_result(source, item))
-            while len(in_flight) >= 2 * workers:
-                yield _result(in_flight.popleft())
-        while in_flight:
-            yield _result(in_flight.popleft())
-
-
-def _result(item: Future | BlockResult) -> BlockResult:
-    return item.result() if isinstance(item, Future) else item
+        submissions = (
+            pool.submit(transform_block, collection, source, item.offset, item.data, ctx)
+            if isinstance(item, Block)
+            else corrupt_result(source, item)
+            for item in blocks
+        )
+        yield from results_in_order(submissions, 2 * workers)

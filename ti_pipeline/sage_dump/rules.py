@@ -176,7 +176,7 @@ def domain_classification(doc: dict, ctx: RuleContext) -> Rows:
 
 def tokens(doc: dict, ctx: RuleContext) -> Rows:
     """Every valid curated token into ``ioc_tokens``; IPv4 tokens also into ``ioc_ips`` and DOMAIN
-    tokens into ``ioc_domains`` (where the TOKENS source outranks the dump, see ``load.MERGE_RULES``).
+    tokens into ``ioc_domains`` (where the TOKENS source outranks the dump, see ``schema.MERGE_RULES``).
 
     ``response`` is a classification word with an optional ``;SUBTYPE`` (``whitelist;ANTI_VIRUS``): the
     word, lower-case, is ``response``, its ENUM value the overlay's ``classification``, the subtype

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 from tqdm import tqdm
 
-from ti_pipeline.core import schema
+from ti_pipeline.core import schema, settings
 from ti_pipeline.definitions import defs
 from ti_pipeline.defs.resources import build_resources
 
@@ -27,29 +26,26 @@ class DemoStep:
 
 def demo_steps() -> list[DemoStep]:
     from ti_pipeline.core.keys import SHARDS
+    from ti_pipeline.defs import sage_dump, threat_actors
+    from ti_pipeline.defs.submissions.assets import CUSTOMER_IOC_KEY
+    from ti_pipeline.defs.vt_feed.broccoli import BROCCOLI_CLASSIFICATIONS_KEY
+    from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
+    from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY
     from ti_pipeline.sample_data.vt import SAMPLE_DAYS
 
     return [
-        DemoStep("VT feed days to Parquet", [AssetKey(["vt_file_reports"])], SAMPLE_DAYS),
-        DemoStep("Broccoli classification of the VT days", [AssetKey(["broccoli_classifications"])], SAMPLE_DAYS),
-        DemoStep(
-            "Sage dump shards",
-            [AssetKey(["sage_dump", "ioc_file_hashes"]), AssetKey(["sage_dump", "ioc_domains"])],
-            SHARDS,
-        ),
+        DemoStep("VT feed days to Parquet", [VT_FILE_REPORTS_KEY], SAMPLE_DAYS),
+        DemoStep("Broccoli classification of the VT days", [BROCCOLI_CLASSIFICATIONS_KEY], SAMPLE_DAYS),
+        DemoStep("Sage dump shards", [sage_dump.IOC_FILE_HASHES_KEY, sage_dump.IOC_DOMAINS_KEY], SHARDS),
         DemoStep(
             "Sage dump small collections",
-            [
-                AssetKey(["sage_dump", "ioc_tokens"]),
-                AssetKey(["sage_dump", "ioc_ips"]),
-                AssetKey(["sage_dump", "file_extension_classification"]),
-            ],
+            [sage_dump.IOC_TOKENS_KEY, sage_dump.IOC_IPS_KEY, sage_dump.FILE_EXTENSION_CLASSIFICATION_KEY],
         ),
-        DemoStep("VT days merged into ioc_file_hashes (TI_LOADER)", [AssetKey(["vt_feed", "ioc_file_hashes"])], SAMPLE_DAYS),
-        DemoStep("Organisation submissions (decrypt, ledger, customer_ioc)", [AssetKey(["customer_ioc"])]),
+        DemoStep("VT days merged into ioc_file_hashes (TI_LOADER)", [VT_IOC_FILE_HASHES_KEY], SAMPLE_DAYS),
+        DemoStep("Organisation submissions (decrypt, ledger, customer_ioc)", [CUSTOMER_IOC_KEY]),
         DemoStep(
             "Malpedia actors, families, ATT&CK techniques (loopback Malpedia server)",
-            [AssetKey(["threat_actors"]), AssetKey(["malware_families"]), AssetKey(["actor_techniques"])],
+            [threat_actors.THREAT_ACTORS_KEY, threat_actors.MALWARE_FAMILIES_KEY, threat_actors.ACTOR_TECHNIQUES_KEY],
             around=_serve_sample_malpedia,
         ),
     ]
@@ -65,7 +61,7 @@ def _serve_sample_malpedia() -> AbstractContextManager:
 
 def run_demo() -> dict[str, int]:
     """Materialize every demo step; returns rows per table. Runs are kept when DAGSTER_HOME is set."""
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    instance = DagsterInstance.get() if settings.is_set("DAGSTER_HOME") else DagsterInstance.ephemeral()
     resources = build_resources()
     all_assets = {key: a for a in defs.assets for key in a.keys}
     steps = demo_steps()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ti_pipeline.core import settings
 from ti_pipeline.sample_data.malpedia_galaxy import MalpediaSnapshot
 
 
@@ -155,16 +155,8 @@ def serving(snapshot_path: Path | None = None, requests_per_minute: int = 1_000_
     }
     with LocalMalpediaServer(load_snapshot(snapshot_path)) as server:
         overrides["TI_MALPEDIA_URL"] = server.base_url
-        saved = {name: os.environ.get(name) for name in overrides}
-        os.environ.update(overrides)
-        try:
+        with settings.override(overrides):
             yield server
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def serve_forever(host: str, port: int, snapshot_path: Path | None) -> None:

@@ -15,7 +15,11 @@ MAX_WAIT_SECONDS = 3600.0
 
 
 def backoff_seconds(failed_polls: int, uniform: float) -> float:
-    """``min(3600, 2**n + u)`` with ``u`` drawn from U(0,1) by the caller (injected for tests)."""
+    """``min(3600, 2**n + u)`` with ``u`` drawn from U(0,1) by the caller (injected for tests).
+
+    A polling schedule, not a retry: ``core.retry``'s backoff scales its jitter with the wait, which
+    would not be this formula, so the schedule keeps its own.
+    """
     if failed_polls <= 0:
         return 0.0
     return min(MAX_WAIT_SECONDS, 2.0 ** min(failed_polls, 12) + uniform)

@@ -1,4 +1,4 @@
-"""A request budget over several sliding windows, and the retry delay after a refused request.
+"""A request budget over several sliding windows (the retry delay after a refused request is ``core.retry``'s).
 
 Malpedia allows 60 requests a minute and 2000 an hour. ``RequestBudget.reserve`` claims the next slot
 that keeps every window within its limit and says how long to wait for it; the clock is injectable so
@@ -8,14 +8,17 @@ the schedule itself can be tested without waiting.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from ti_pipeline.core.retry import backoff_seconds
+from ti_pipeline.core import settings
 
-DEFAULT_LIMITS = ((60, 60.0), (2000, 3600.0))
+# Malpedia's published quota: the settings table's TI_MALPEDIA_REQUESTS_PER_MINUTE / _PER_HOUR.
+DEFAULT_LIMITS = (
+    (int(settings.default("TI_MALPEDIA_REQUESTS_PER_MINUTE")), 60.0),
+    (int(settings.default("TI_MALPEDIA_REQUESTS_PER_HOUR")), 3600.0),
+)
 
 
 class RequestBudget:
@@ -58,20 +61,3 @@ class RequestBudget:
         if wait > 0:
             await self.sleep(wait)
 
-
-def retry_delay(
-    attempt: int,
-    retry_after: float | None,
-    *,
-    base: float = 1.0,
-    cap: float = 300.0,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Exponential backoff with jitter for ``attempt`` (0 = first retry), never below ``Retry-After``.
-
-    The jitter spreads clients that were refused together, so they do not come back together.
-    """
-    backoff = backoff_seconds(attempt, base=base, cap=cap, rand=rand)
-    if retry_after is None:
-        return backoff
-    return max(retry_after, backoff) + rand() * min(1.0, base)

@@ -10,7 +10,6 @@ into the ``Authorization`` header only; it is never part of an error, log line o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -21,14 +20,18 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ti_pipeline.core.retry import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped, retry_after_seconds
-from ti_pipeline.threat_actors.budget import RequestBudget, retry_delay
+from ti_pipeline.core import settings
+from ti_pipeline.core.http import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped
+from ti_pipeline.core.retry import Backoff, TryAgain, retry_after_seconds, retry_call_async
+from ti_pipeline.threat_actors.budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
-PUBLIC_API = "https://malpedia.caad.fkie.fraunhofer.de/api"
+PUBLIC_API = str(settings.default("TI_MALPEDIA_URL"))
 MAX_FAMILIES_BYTES = 32 << 20
 """Cap on ``get/families``: every family in one object (2.8 MB in the shipped snapshot), so 1 MiB is too small."""
+MAX_BACKOFF_SECONDS = 300.0
+"""Longest wait the backoff alone asks for (a ``Retry-After`` may ask more, up to ``max_retry_wait``)."""
 
 
 class MalpediaError(Exception):
@@ -72,8 +75,7 @@ class MalpediaClient:
         if token:
             self._headers["Authorization"] = f"apitoken {token}"
         self.budget = budget or RequestBudget()
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
+        self.backoff = Backoff(max_retries + 1, backoff_base, MAX_BACKOFF_SECONDS)
         self.max_retry_wait = max_retry_wait
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.rand = rand
@@ -106,7 +108,8 @@ class MalpediaClient:
         if self._session is None:
             raise RuntimeError("use MalpediaClient as `async with`")
         url = self.url(path)
-        for attempt in range(self.max_retries + 1):
+
+        async def once() -> Any:
             await self.budget.acquire()
             self.stats.requests += 1
             try:
@@ -125,21 +128,26 @@ class MalpediaClient:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     if not _retryable(status):
                         raise MalpediaError(url, status, f"HTTP {status} {response.reason or ''}".strip())
-                    failure = f"HTTP {status}"
+                    raise TryAgain(f"HTTP {status}", status, retry_after)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                status, retry_after, failure = None, None, f"{type(exc).__name__}: {exc}"
-            if attempt == self.max_retries:
-                raise MalpediaError(url, status, f"{failure}, gave up after {attempt + 1} attempts")
-            delay = retry_delay(attempt, retry_after, base=self.backoff_base, rand=self.rand)
+                raise TryAgain(f"{type(exc).__name__}: {exc}") from None
+
+        def before_retry(failure: Exception, delay: float) -> None:
+            """Give up on a wait over the limit; a 429 holds back every request of this client."""
+            assert isinstance(failure, TryAgain)
             if delay > self.max_retry_wait:
-                raise MalpediaError(url, status, f"{failure}, server asks to wait {delay:.0f}s (limit {self.max_retry_wait:.0f}s)")
-            if status == 429:
+                reason = f"{failure.reason}, server asks to wait {delay:.0f}s (limit {self.max_retry_wait:.0f}s)"
+                raise MalpediaError(url, failure.status, reason)
+            if failure.status == 429:
                 self.budget.hold(delay)
-            log.warning("%s: %s, retry %d in %.1fs", url, failure, attempt + 1, delay)
             self.stats.retries += 1
             self.stats.retry_wait += delay
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+
+        try:
+            return await retry_call_async(once, self.backoff, what=url, on_retry=before_retry, logger=log, rand=self.rand)
+        except TryAgain as last:
+            reason = f"{last.reason}, gave up after {self.backoff.attempts} attempts"
+            raise MalpediaError(url, last.status, reason) from None
 
     async def get_version(self) -> dict[str, Any]:
         body = await self.get_json("get/version")

@@ -44,7 +44,6 @@ def utc_now() -> datetime:
 class TableSync:
     """What one table's sync saw and did; ``names`` maps a key to its display name."""
 
-    table: str
     accounting: Accounting = field(default_factory=Accounting)
     changes: Changes = field(default_factory=Changes)
     names: dict[str, str] = field(default_factory=dict)
@@ -171,7 +170,7 @@ async def sync_malpedia(
     """Sync actors and families; raises ``MalpediaError`` when the version or a list cannot be read."""
     started = time.monotonic()
     now = now or utc_now()
-    actors, families = TableSync("threat_actors"), TableSync("malware_families")
+    actors, families = TableSync(), TableSync()
     previous = stored_version(warehouse)
     version = str((await api.get_version())["version"])
     report = SyncReport(version, previous, actors, families)

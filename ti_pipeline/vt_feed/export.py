@@ -11,9 +11,9 @@ Flow, with memory bounded at every step:
    Parquet parts of ``rows_per_part`` rows in row groups of ``row_group_rows``; so the partition is
    sorted by sha256 and a bucket (a fraction of the day chosen from its compressed size) is the most
    the parent holds;
-5. the ``_SUCCESS`` manifest is written last, then objects of the partition it does not list (parts of
-   an earlier or killed run) are deleted. The manifest is deleted first, so while a partition is being
-   rebuilt readers see no partition rather than a mix.
+5. the ``_SUCCESS`` manifest is published last (``core.exports.publish_manifest``), which deletes
+   the objects of the partition it does not list (parts of an earlier or killed run). The manifest
+   is withdrawn first, so while a partition is being rebuilt readers see no partition rather than a mix.
 
 Within a day the newest ``scan_date`` of a sha256 wins; ties go to the larger ``positives``, then the
 lexicographically smaller source package, then the remaining columns, so the output is a function of
@@ -22,15 +22,12 @@ the input alone and a re-run writes byte-identical parts.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import random
 import re
 import tempfile
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -42,14 +39,22 @@ import pyarrow.parquet as pq
 
 from ti_pipeline.core import keys
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
-from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, partition_prefix, success_name
+from ti_pipeline.core.exports import (
+    VT_FILE_REPORTS,
+    VT_FILE_REPORTS_DATASET,
+    ExportPart,
+    Manifest,
+    publish_manifest,
+    withdraw,
+    write_part,
+)
 from ti_pipeline.core.failpoints import failpoint
 from ti_pipeline.core.objectstore import ObjectInfo, ObjectStore, open_store
-from ti_pipeline.core.procpool import spawn_pool
+from ti_pipeline.core.procpool import results_in_order, spawn_pool
+from ti_pipeline.core.retry import Backoff, retry_call
 from ti_pipeline.vt_feed import records
 from ti_pipeline.vt_feed.package import PackageResult, SourceError, read_package
 
-DATASET = "vt_file_reports"
 PACKAGES_PER_DAY = 1440
 # Compressed input per spill bucket when the bucket count is automatic: kept rows are a small
 # fraction of the compressed size, so one bucket stays in the tens of MB whatever the day.
@@ -65,23 +70,33 @@ SORT_KEYS = [
     ("sha1", "ascending"),
     ("md5", "ascending"),
 ]
-READ_ATTEMPTS = 4
+# A package read that fails (a dropped connection, a truncated download) is tried 4 times in all.
+READ_RETRIES = Backoff(attempts=4, base=2.0, cap=30.0)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    workers: int = 0  # processes decompressing packages; 0 = one per core
-    spill_buckets: int = 0  # sha256-prefix buckets; 0 = from the day's compressed size
+    """How a day is exported; the ``vt_file_reports`` run config is made from these fields."""
+
+    workers: int = 0
+    """Processes decompressing and parsing packages; 0 means one per core."""
+    spill_buckets: int = 0
+    """sha256-prefix buckets the day is spilled into before dedup; 0 sizes them from the day's compressed bytes."""
     rows_per_part: int = 2_000_000
+    """Rows per Parquet part file."""
     row_group_rows: int = 500_000
-    spill_dir: str | None = None  # local folder for the spill; default: the system temp folder
+    """Rows per Parquet row group."""
+    spill_dir: str | None = None
+    """Local folder for the spill (default: the system temp folder)."""
 
 
 @dataclass
 class DaySummary:
     day: date
     accounting: Accounting = field(default_factory=Accounting)
-    parts: list[dict] = field(default_factory=list)
+    parts: list[ExportPart] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)  # package name -> reason
     objects_not_read: list[str] = field(default_factory=list)  # in the day's folder, not packages
     worker_peak_rss_kib: int = 0
@@ -122,21 +137,24 @@ def _store(uri: str) -> ObjectStore:
 def process_package(feed_uri: str, name: str, buckets: int, now: datetime) -> PackageResult:
     """Worker task: one package from the feed store; read failures retried, then raised naming the object."""
     store = _store(feed_uri)
-    for attempt in range(READ_ATTEMPTS):
+    url = store.url_of(name)
+
+    def read() -> PackageResult:
         try:
-            try:
-                raw = store.open_read(name)
-            except Exception as exc:
-                raise SourceError(f"{type(exc).__name__}: {exc}") from exc
-            with raw:
-                result = read_package(raw, name, store.url_of(name), buckets, now)
-            failpoint("vt_export.package_decompressed")
-            return result
-        except SourceError as exc:
-            if attempt == READ_ATTEMPTS - 1:
-                raise SourceError(f"cannot read {store.url_of(name)}: {exc}") from exc
-            time.sleep(min(30.0, 2**attempt + random.random()))
-    raise AssertionError("unreachable")
+            raw = store.open_read(name)
+        except Exception as exc:
+            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
+        with raw:
+            result = read_package(raw, name, url, buckets, now)
+        failpoint("vt_export.package_decompressed")
+        return result
+
+    try:
+        return retry_call(
+            read, READ_RETRIES, what=f"reading {url}", retry_on=lambda exc: isinstance(exc, SourceError), logger=log
+        )
+    except SourceError as exc:
+        raise SourceError(f"cannot read {url}: {exc}") from exc
 
 
 class PackagePool:
@@ -162,13 +180,8 @@ class PackagePool:
             for args in tasks:
                 yield process_package(*args)
             return
-        in_flight: deque[Future] = deque()
-        for args in tasks:
-            in_flight.append(self._pool.submit(process_package, *args))
-            while len(in_flight) >= 2 * self.workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
+        submissions = (self._pool.submit(process_package, *args) for args in tasks)
+        yield from results_in_order(submissions, 2 * self.workers)
 
 
 class _Spill:
@@ -223,7 +236,7 @@ class _PartWriter:
         self.store, self.day, self.folder = store, day, folder
         self.row_group_rows = row_group_rows
         self.rows_per_part = max(rows_per_part, row_group_rows)
-        self.parts: list[dict] = []
+        self.parts: list[ExportPart] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -240,7 +253,7 @@ class _PartWriter:
             rest = rows.slice(self.row_group_rows)
             self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
-    def close(self) -> list[dict]:
+    def close(self) -> list[ExportPart]:
         if self._pending_rows:
             self._write_row_group(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
@@ -269,20 +282,11 @@ class _PartWriter:
         self._writer.close()
         self._writer = None
         local = self._local()
-        name = part_name(DATASET, self.day, len(self.parts))
-        info = self.store.write_file(name, local)
+        part = write_part(self.store, VT_FILE_REPORTS_DATASET, self.day, len(self.parts), local, self._part_rows)
         failpoint("vt_export.part_written")
         local.unlink()
-        self.parts.append({"name": name, "rows": self._part_rows, "generation": info.generation})
+        self.parts.append(part)
         self._part_rows = 0
-
-
-def read_manifest(store: ObjectStore, day: date | str) -> dict | None:
-    """The partition's ``_SUCCESS`` manifest, or None while the partition does not exist."""
-    name = success_name(DATASET, day)
-    if store.stat(name) is None:
-        return None
-    return json.loads(store.read_bytes(name))
 
 
 def export_day(
@@ -304,7 +308,7 @@ def export_day(
     now = now or datetime.now(UTC).replace(tzinfo=None)
     summary = DaySummary(day)
     acc = summary.accounting
-    export.delete(success_name(DATASET, day))
+    withdraw(export, VT_FILE_REPORTS_DATASET, day)
     packages, summary.objects_not_read = list_packages(feed, day)
     buckets = summary.spill_buckets = bucket_count(packages, options.spill_buckets)
     minutes = {p.name.split("T", 1)[1][:4] for p in packages}
@@ -329,7 +333,7 @@ def export_day(
         for table in spill.tables():
             writer.add(newest_per_sha256(table))
         summary.parts = writer.close()
-    acc.written = sum(p["rows"] for p in summary.parts)
+    acc.written = sum(p.rows for p in summary.parts)
     acc.filter(records.FILTER_SUPERSEDED, kept_rows - acc.written)
     acc.figures.update(
         {
@@ -347,19 +351,11 @@ def export_day(
 
 
 def _publish(export: ObjectStore, summary: DaySummary) -> None:
-    """Write the manifest last, then delete whatever else the partition folder holds."""
-    manifest = {
-        "dataset": DATASET,
-        "day": summary.day.isoformat(),
-        "parts": summary.parts,
-        "rows": summary.accounting.written,
+    """The manifest last, with the day's accounting and what was not read, for whoever audits the day."""
+    details = {
         "accounting": summary.accounting.as_dict(),
         "corrupt_packages": summary.corrupt,
         "objects_not_read": summary.objects_not_read,
     }
-    success = success_name(DATASET, summary.day)
-    export.write_bytes(success, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    keep = {p["name"] for p in summary.parts} | {success}
-    for info in export.list(partition_prefix(DATASET, summary.day) + "/"):
-        if info.name not in keep:
-            export.delete(info.name)
+    manifest = Manifest(VT_FILE_REPORTS_DATASET, summary.day, tuple(summary.parts), summary.accounting.written, details)
+    publish_manifest(export, manifest)

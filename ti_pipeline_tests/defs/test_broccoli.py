@@ -2,7 +2,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterEventType, DagsterInstance, materialize
+from dagster import DagsterEventType, DagsterInstance, materialize
 
 from ti_pipeline.core import schema
 from ti_pipeline.core.exports import success_name
@@ -13,7 +13,6 @@ from ti_pipeline_tests.vt_feed.broccoli.server import BroccoliServer
 from ti_pipeline_tests.vt_feed.broccoli.vt_export import sha1, write_vt_export
 
 DAY = "2020-11-05"
-KEY = AssetKey("broccoli_classifications")
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def run(export_uri: str, broccoli_uri: str, warehouse_url: str, instance=None, *
         partition_key=DAY,
         instance=instance or DagsterInstance.ephemeral(),
         raise_on_error=False,
-        run_config={"ops": {"broccoli_classifications": {"config": {"concurrency": 8, **config}}}},
+        run_config={"ops": {"vt_feed__broccoli_classifications": {"config": {"concurrency": 8, **config}}}},
         resources={
             "warehouse": WarehouseResource(url=warehouse_url),
             "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=export_uri),
@@ -77,7 +76,7 @@ def test_materializes_a_day_with_accounting_and_quarantine(tmp_path, server, war
     assert "`grayware-x`: 5" in meta["unknown_labels"]
     [check] = result.get_asset_check_evaluations()
     assert check.passed
-    assert quarantine(warehouse_url) == [("broccoli_classifications", DAY, "malformed_json", f"{server.url}/{sha1s[0]}")]
+    assert quarantine(warehouse_url) == [("vt_feed/broccoli_classifications", DAY, "malformed_json", f"{server.url}/{sha1s[0]}")]
     manifest = orjson.loads(export.read_bytes(success_name("broccoli_classifications", DAY)))
     assert manifest["rows"] == 19
     with export.open_read(manifest["parts"][0]["name"]) as f:

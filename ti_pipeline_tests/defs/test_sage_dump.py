@@ -296,7 +296,7 @@ def test_one_bad_record_is_quarantined_and_the_partition_goes_on(tmp_path, migra
     assert balance(meta) == {"read": 3, "written": 2, "filtered": 0, "rejected": 1, "unaccounted": 0}
     assert meta[f"rejected.{reason}"] == 1
     assert rows(migrated_url, table, *columns) == expected
-    assert quarantine(migrated_url) == [(keys[0], partition or "all", len(bson.encode(good[0])), reason)]
+    assert quarantine(migrated_url) == [(f"sage_dump/{keys[0]}", partition or "all", len(bson.encode(good[0])), reason)]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
@@ -323,7 +323,7 @@ def test_a_damaged_bson_gz_keeps_the_documents_before_the_damage(tmp_path, migra
     assert balance(meta) == {"read": len(kept) + 1, "written": len(kept), "filtered": 0, "rejected": 1, "unaccounted": 0}
     assert meta[f"rejected.{reason.split(':')[0]}"] == 1
     assert [r[0][-1] for r in rows(migrated_url, schema.ioc_file_hashes, "sha256")] == kept
-    assert quarantine(migrated_url) == [("ioc_file_hashes", "r05", offset, reason)]
+    assert quarantine(migrated_url) == [("sage_dump/ioc_file_hashes", "r05", offset, reason)]
 
 
 # ---- classification and import policy ----------------------------------------------------------------

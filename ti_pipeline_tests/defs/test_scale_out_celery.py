@@ -48,7 +48,7 @@ RUNS: dict[str, tuple[JobSpec, dict[str, str], dict[str, dict]]] = {
     "vt_export": (
         VT_FILE_REPORTS,
         {"dagster/asset_partition_range_start": VT_DAYS[0], "dagster/asset_partition_range_end": VT_DAYS[1]},
-        {"vt_file_reports": {"workers": WORKERS}},
+        {"vt_feed__vt_file_reports": {"workers": WORKERS}},
     ),
     "dump_shard": (
         SAGE_DUMP_SHARDS,
@@ -314,10 +314,10 @@ def run_all(deployment: Deployment, worker: subprocess.Popen, runs: tuple[str, .
         queues |= submitted_queues(events)
     assert step_pids and step_pids <= worker_pids  # every step ran in a worker process, none here
     heavy, warehouse = deployment.queues["heavy_queue"], deployment.queues["warehouse_queue"]
-    expected_queues = {"vt_file_reports": heavy, "sage_dump__ioc_file_hashes": heavy, "sage_dump__ioc_domains": heavy,
-                       "broccoli_classifications": warehouse, "vt_feed__ioc_file_hashes": warehouse}
+    expected_queues = {"vt_feed__vt_file_reports": heavy, "sage_dump__ioc_file_hashes": heavy, "sage_dump__ioc_domains": heavy,
+                       "vt_feed__broccoli_classifications": warehouse, "vt_feed__ioc_file_hashes": warehouse}
     assert queues == {step: queue for step, queue in expected_queues.items() if step in queues}
-    assert set(queues) >= {"vt_file_reports", "sage_dump__ioc_file_hashes", "sage_dump__ioc_domains"}
+    assert set(queues) >= {"vt_feed__vt_file_reports", "sage_dump__ioc_file_hashes", "sage_dump__ioc_domains"}
 
 
 def test_on_rabbitmq_the_vt_range_and_a_dump_shard_equal_a_local_run(tmp_path, sample, local):
@@ -366,9 +366,9 @@ def test_on_redis_heavy_jobs_equal_a_local_run_and_a_worker_killed_mid_step_fail
             assert group_exits(doomed.pid)
             assert not success
             failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
-            assert [e.step_key for e in failures] == ["vt_file_reports"]
+            assert [e.step_key for e in failures] == ["vt_feed__vt_file_reports"]
             error = failures[0].step_failure_data.error.message
-            assert "was lost while it ran step vt_file_reports" in error and "doomed-" in error, error
+            assert "was lost while it ran step vt_feed__vt_file_reports" in error and "doomed-" in error, error
             assert [e for e in events if e.event_type == DagsterEventType.RUN_FAILURE]
 
             success, _ = deployment.run("vt_export")

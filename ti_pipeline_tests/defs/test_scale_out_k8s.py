@@ -25,7 +25,7 @@ from ti_pipeline.defs.scale_out import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S_JOBS = {"vt_file_reports_on_k8s": ["vt_file_reports"], "vt_load_on_k8s": [],
+K8S_JOBS = {"vt_file_reports_on_k8s": ["vt_feed__vt_file_reports"], "vt_load_on_k8s": [],
             "sage_dump_shards_on_k8s": ["sage_dump__ioc_file_hashes", "sage_dump__ioc_domains"]}
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -80,7 +80,7 @@ def test_light_steps_keep_their_resources_and_a_heavy_step_without_workers_fails
         {"container_config": {"resources": {"requests": {"cpu": "1"}}}}))
     assert step_container_context(base, "vt_feed__ioc_file_hashes", {}) is base
     with pytest.raises(Failure, match="set `workers`"):
-        step_container_context(base, "vt_file_reports", {"workers": 0})
+        step_container_context(base, "vt_feed__vt_file_reports", {"workers": 0})
 
 
 def test_the_variants_default_to_explicit_workers():
@@ -114,5 +114,5 @@ def test_the_executor_sizes_steps_through_dagster_k8s_own_step_handler(tmp_path)
             get_step_context=lambda key: step,
         ))
 
-    assert pod_resources(context_for("vt_file_reports", 6)).requests["cpu"] == "6"
+    assert pod_resources(context_for("vt_feed__vt_file_reports", 6)).requests["cpu"] == "6"
     assert pod_resources(context_for("sage_dump__ioc_domains", 6)).requests["cpu"] == "3"

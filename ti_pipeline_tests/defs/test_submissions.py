@@ -65,7 +65,7 @@ def run_asset(lake_uri: str, key_file: Path, warehouse_url: str, config: dict | 
     return materialize(
         [customer_ioc],
         instance=instance or DagsterInstance.ephemeral(),
-        run_config={"ops": {"customer_ioc": {"config": config or {}}}},
+        run_config={"ops": {"submissions__customer_ioc": {"config": config or {}}}},
         raise_on_error=raise_on_error,
         resources={
             "warehouse": WarehouseResource(url=warehouse_url),
@@ -128,7 +128,7 @@ def test_sample_lake_states_rows_rerun_and_force(sample_lake, warehouse_url: str
         "read": 9, "SUCCESS": 5, "NOT_SUPPORTED": 1, "ERROR": 3, "duplicates": 1}
     assert all(c.passed for c in result.get_asset_check_evaluations())
     q = schema.quarantine
-    assert query(warehouse_url, sa.select(sa.func.count()).select_from(q).where(q.c.asset == "customer_ioc")) == [(9,)]
+    assert query(warehouse_url, sa.select(sa.func.count()).select_from(q).where(q.c.asset == "submissions/customer_ioc")) == [(9,)]
 
     again = metadata(run_asset(lake_uri, key_file, warehouse_url))
     assert (again["submissions.read"], again["submissions.already_in_ledger"], again["read"]) == (0, 9, 0)
@@ -137,7 +137,7 @@ def test_sample_lake_states_rows_rerun_and_force(sample_lake, warehouse_url: str
     assert {k: forced[f"submissions.{k}"] for k in ("read", "SUCCESS", "NOT_SUPPORTED", "ERROR")} == {
         "read": 4, "SUCCESS": 0, "NOT_SUPPORTED": 1, "ERROR": 3}
     assert matches(ledger(warehouse_url), SAMPLE_LEDGER)
-    assert query(warehouse_url, sa.select(sa.func.count()).select_from(q).where(q.c.asset == "customer_ioc")) == [(9,)]
+    assert query(warehouse_url, sa.select(sa.func.count()).select_from(q).where(q.c.asset == "submissions/customer_ioc")) == [(9,)]
 
     # Reprocessing the first acme list (older) neither counts it as its own duplicate nor undoes the newer one.
     first_acme = submission_ids(lake_uri)[0]
@@ -278,7 +278,7 @@ def test_gcs_lake_on_the_emulator(gcs_bucket: str, sample_lake, sqlite_url: str)
     assert ioc_rows(sqlite_url, "acme") == ACME_ROWS
     assert metadata(result)["lake"] == lake_uri
     first = poll(None, open_store(lake_uri), now=0.0, uniform=0.0)
-    assert len(first.run_requests[0].run_config["ops"]["customer_ioc"]["config"]["submissions"]) == 9
+    assert len(first.run_requests[0].run_config["ops"]["submissions__customer_ioc"]["config"]["submissions"]) == 9
 
 
 def test_sensor_requests_new_submissions_then_backs_off(sample_lake, sqlite_url: str):
@@ -287,13 +287,13 @@ def test_sensor_requests_new_submissions_then_backs_off(sample_lake, sqlite_url:
     instance = DagsterInstance.ephemeral()
     result = submissions_sensor(build_sensor_context(instance=instance, cursor=None, resources=resources))
     [request] = result.run_requests
-    requested = request.run_config["ops"]["customer_ioc"]["config"]["submissions"]
+    requested = request.run_config["ops"]["submissions__customer_ioc"]["config"]["submissions"]
     assert sorted(requested) == submission_ids(lake_uri)
     state = PollState.from_cursor(result.cursor)
     assert (state.failed_polls, state.next_poll) == (0, 0.0)
     assert state.high_water[1] == max((i.updated, i.name) for i in open_store(lake_uri).list("meta/"))[1]
 
-    run_asset(lake_uri, key_file, sqlite_url, request.run_config["ops"]["customer_ioc"]["config"])
+    run_asset(lake_uri, key_file, sqlite_url, request.run_config["ops"]["submissions__customer_ioc"]["config"])
     assert matches(ledger(sqlite_url), SAMPLE_LEDGER)
 
     idle = submissions_sensor(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
@@ -339,7 +339,7 @@ def test_poll_caps_each_run_and_the_run_key_names_the_set(sample_lake):
         if not result.run_requests:
             break
         [request] = result.run_requests
-        batches.append(request.run_config["ops"]["customer_ioc"]["config"]["submissions"])
+        batches.append(request.run_config["ops"]["submissions__customer_ioc"]["config"]["submissions"])
         keys.append(request.run_key)
         cursor = result.cursor
     assert [len(b) for b in batches] == [4, 4, 1]

@@ -49,14 +49,15 @@ def test_first_sync_then_a_no_change_sync_from_dagster(data_dir, warehouse_url, 
     n_actors, n_families = len(server.snapshot.actors), len(server.snapshot.families)
     result, meta, checks = run(instance, warehouse_url, server)
     assert result.success
-    actors = meta["threat_actors"]
+    actors = meta["threat_actors/threat_actors"]
     assert (actors["total"], actors["new"], actors["updated"], actors["unchanged"], actors["removed"], actors["errors"]) == (
         n_actors, n_actors, 0, 0, 0, 0)
     assert (actors["read"], actors["written"], actors["unaccounted"]) == (n_actors, n_actors, 0)
     assert actors["requests"] == 3 + n_actors and actors["version_unchanged"] is False
     assert "APT28" in actors["new_names"]
-    assert (meta["malware_families"]["new"], meta["malware_families"]["total"]) == (n_families, n_families)
-    techniques = meta["actor_techniques"]
+    families = meta["threat_actors/malware_families"]
+    assert (families["new"], families["total"]) == (n_families, n_families)
+    techniques = meta["threat_actors/actor_techniques"]
     wh = Warehouse(warehouse_url)
     at = schema.actor_techniques
     mapped = wh.count(schema.threat_actors, schema.threat_actors.c.actor_id.in_(sa.select(at.c.actor_id).distinct()))
@@ -68,11 +69,12 @@ def test_first_sync_then_a_no_change_sync_from_dagster(data_dir, warehouse_url, 
     result, meta, checks = run(instance, warehouse_url, server)
     assert result.success
     assert server.requests == ["/api/get/version"]
-    actors = meta["threat_actors"]
+    actors = meta["threat_actors/threat_actors"]
     assert actors["version_unchanged"] is True and actors["requests"] == 1
     assert (actors["total"], actors["new"], actors["updated"], actors["read"]) == (n_actors, 0, 0, 0)
     assert actors["dagster/row_count"] == n_actors
-    assert (meta["actor_techniques"]["read"], meta["actor_techniques"]["actors_enriched"]) == (0, 0)
+    techniques = meta["threat_actors/actor_techniques"]
+    assert (techniques["read"], techniques["actors_enriched"]) == (0, 0)
     assert all(checks.values())
 
     # The token went into request headers only: never into an event, log line or metadata.
@@ -90,11 +92,25 @@ def test_a_change_behind_a_429_is_synced_and_only_it_is_re_enriched(data_dir, wa
     server.fail("/api/get/version", status=429, retry_after="0")
     result, meta, _ = run(instance, warehouse_url, server)
     assert result.success
-    actors = meta["threat_actors"]
+    actors = meta["threat_actors/threat_actors"]
     assert (actors["new"], actors["updated"], actors["removed"], actors["retries"]) == (0, 1, 1, 1)
     assert (actors["updated_names"], actors["removed_names"]) == ("APT28", "Turla")
     assert server.requests[:2] == ["/api/get/version", "/api/get/version"]
-    assert (meta["actor_techniques"]["read"], meta["actor_techniques"]["enriched_names"]) == (1, "APT28")
+    techniques = meta["threat_actors/actor_techniques"]
+    assert (techniques["read"], techniques["enriched_names"]) == (1, "APT28")
+
+
+def test_an_actor_that_fails_to_fetch_is_quarantined_under_the_full_asset_key(data_dir, warehouse_url, server):
+    server.fail("/api/get/actor/apt28", status=404)
+    result, meta, _ = run(DagsterInstance.ephemeral(), warehouse_url, server)
+    assert result.success
+    assert meta["threat_actors/threat_actors"]["errors"] == 1
+    q = schema.quarantine
+    engine = sa.create_engine(warehouse_url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.select(q.c.asset, q.c.partition_key))]
+    engine.dispose()
+    assert rows == [("threat_actors/threat_actors", "all")]
 
 
 def test_an_unreachable_version_fails_the_run_naming_the_url(data_dir, warehouse_url, server):
@@ -116,7 +132,9 @@ def test_job_and_daily_schedule_cover_the_group():
 
     job = defs.resolve_job_def("threat_actors_job")
     assert set(job.asset_layer.executable_asset_keys) == {
-        AssetKey("threat_actors"), AssetKey("malware_families"), AssetKey("actor_techniques")
+        AssetKey(["threat_actors", "threat_actors"]),
+        AssetKey(["threat_actors", "malware_families"]),
+        AssetKey(["threat_actors", "actor_techniques"]),
     }
     schedule = defs.resolve_schedule_def("malpedia_daily")
     assert (schedule.job_name, schedule.cron_schedule, schedule.execution_timezone) == ("threat_actors_job", "0 3 * * *", "UTC")

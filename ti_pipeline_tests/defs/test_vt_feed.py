@@ -1,4 +1,4 @@
-"""The vt_file_reports asset on sample packages: one day, a day range, checks, quarantine, re-runs."""
+"""The vt_feed/vt_file_reports asset on sample packages: one day, a day range, checks, quarantine, re-runs."""
 
 from pathlib import Path
 
@@ -7,13 +7,17 @@ import sqlalchemy as sa
 from dagster import AssetCheckSeverity, AssetKey, BackfillPolicy, DagsterInstance, materialize
 
 from ti_pipeline.core import schema
+from ti_pipeline.core.exports import Manifest, require_export
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.export import vt_file_reports
 from ti_pipeline.sample_data.vt import SAMPLE_DAYS, write_vt_feed
-from ti_pipeline.vt_feed.export import read_manifest
 
-KEY = AssetKey("vt_file_reports")
+KEY = AssetKey(["vt_feed", "vt_file_reports"])
+
+
+def manifest_of(store: LocalStore, day: str) -> Manifest:
+    return require_export(store, "vt_file_reports", day).manifest
 
 
 def resources(tmp_path: Path, warehouse_url: str) -> dict:
@@ -29,7 +33,7 @@ def run(tmp_path: Path, warehouse_url: str, instance=None, config: dict | None =
         [vt_file_reports],
         resources=resources(tmp_path, warehouse_url),
         instance=instance or DagsterInstance.ephemeral(),
-        run_config={"ops": {"vt_file_reports": {"config": {"workers": 1, **(config or {})}}}},
+        run_config={"ops": {"vt_feed__vt_file_reports": {"config": {"workers": 1, **(config or {})}}}},
         **kwargs,
     )
 
@@ -39,7 +43,7 @@ def quarantine_reasons(warehouse_url: str, day: str) -> list[str]:
     engine = sa.create_engine(warehouse_url)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(q.c.reason).where(q.c.asset == "vt_file_reports", q.c.partition_key == day).order_by(q.c.id)
+            sa.select(q.c.reason).where(q.c.asset == "vt_feed/vt_file_reports", q.c.partition_key == day).order_by(q.c.id)
         )
         reasons = [r.reason.split(": ")[0] for r in rows]
     engine.dispose()
@@ -52,16 +56,16 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     result = run(tmp_path, warehouse_url, partition_key="2020-11-02")
 
     assert result.success
-    (materialization,) = result.asset_materializations_for_node("vt_file_reports")
+    (materialization,) = result.asset_materializations_for_node("vt_feed__vt_file_reports")
     meta = {k: v.value for k, v in materialization.metadata.items()}
-    manifest = read_manifest(LocalStore(tmp_path / "export"), "2020-11-02")
-    assert meta["written"] == manifest["rows"] == meta["dagster/row_count"] > 0
+    manifest = manifest_of(LocalStore(tmp_path / "export"), "2020-11-02")
+    assert meta["written"] == manifest.rows == meta["dagster/row_count"] > 0
     assert meta["read"] == meta["written"] + meta["filtered"] + meta["rejected"]
     assert (meta["packages_found"], meta["packages_missing"], meta["packages_corrupt"]) == (4, 1436, 1)
     assert (meta["rejected.corrupt_package"], meta["rejected.malformed_json"], meta["filtered.not_found"]) == (1, 2, 2)
     hourly = meta["kept_reports_by_scan_hour[2020-11-02]"]
-    assert sum(int(line.split("|")[2].replace(",", "")) for line in hourly.splitlines()[2:]) == manifest["rows"]
-    first = pq.read_table(tmp_path / "export" / manifest["parts"][0]["name"]).slice(0, 1).to_pylist()[0]
+    assert sum(int(line.split("|")[2].replace(",", "")) for line in hourly.splitlines()[2:]) == manifest.rows
+    first = pq.read_table(tmp_path / "export" / manifest.parts[0].name).slice(0, 1).to_pylist()[0]
     assert first["sha256"].hex() in meta["sample_rows[2020-11-02]"]
     assert meta["unaccounted"] == 0
     assert (meta["objects_not_read"], meta["objects_not_read_names"]) == (0, "none")
@@ -93,12 +97,12 @@ def test_objects_that_only_look_like_packages_are_listed_not_read(tmp_path: Path
     result = run(tmp_path, sqlite_url, partition_key="2020-11-01")
 
     assert result.success
-    (materialization,) = result.asset_materializations_for_node("vt_file_reports")
+    (materialization,) = result.asset_materializations_for_node("vt_feed__vt_file_reports")
     meta = {k: v.value for k, v in materialization.metadata.items()}
     names = ["20201101/20201101T0122.partial", "20201101/20201101T0122.tmp", "20201101/20201101T0122~"]
     assert (meta["objects_not_read"], meta["objects_not_read_names"]) == (3, "\n".join(f"- `{n}`" for n in names))
     assert meta["packages_found"] == 4
-    assert read_manifest(LocalStore(tmp_path / "export"), "2020-11-01")["objects_not_read"] == names
+    assert manifest_of(LocalStore(tmp_path / "export"), "2020-11-01").details["objects_not_read"] == names
 
 
 def test_backfills_run_ranges_of_days():
@@ -119,12 +123,12 @@ def test_a_partition_range_in_one_run(tmp_path: Path, sqlite_url: str):
 
     assert result.success
     export = LocalStore(tmp_path / "export")
-    manifests = [read_manifest(export, day) for day in SAMPLE_DAYS]
-    assert all(m is not None and m["rows"] > 0 for m in manifests)
-    materializations = result.asset_materializations_for_node("vt_file_reports")
+    manifests = [manifest_of(export, day) for day in SAMPLE_DAYS]
+    assert all(m.rows > 0 for m in manifests)
+    materializations = result.asset_materializations_for_node("vt_feed__vt_file_reports")
     assert sorted(m.partition for m in materializations) == list(SAMPLE_DAYS)
     meta = {k: v.value for k, v in materializations[0].metadata.items()}
-    assert meta["written"] == sum(m["rows"] for m in manifests)
+    assert meta["written"] == sum(m.rows for m in manifests)
     assert (meta["packages_expected"], meta["packages_found"], meta["packages_corrupt"]) == (3 * 1440, 12, 1)
     assert instance.get_materialized_partitions(KEY) == set(SAMPLE_DAYS)
     for day in SAMPLE_DAYS:

@@ -14,7 +14,7 @@ def test_schedule_runs_at_two_utc_on_the_vt_job():
     assert schedule.job_name == "vt_file_reports_job"
     job = defs.resolve_job_def("vt_file_reports_job")
     assert job.tags["ti_pipeline/heavy"] == "vt_decompress"
-    assert set(job.asset_layer.executable_asset_keys) == {AssetKey("vt_file_reports")}
+    assert set(job.asset_layer.executable_asset_keys) == {AssetKey(["vt_feed", "vt_file_reports"])}
 
 
 def test_tick_requests_the_partition_of_two_days_before():

@@ -107,8 +107,8 @@ def test_the_requested_run_loads_the_landed_day(data_dir):
     assets = {k: a for a in defs.assets for k in a.keys}
     instance = DagsterInstance.ephemeral()
     resources = build_resources()
-    one_process = {"vt_file_reports": {"config": {"workers": 1}}}
-    export_run = materialize([assets[AssetKey("vt_file_reports")]], partition_key="2020-11-02",
+    one_process = {"vt_feed__vt_file_reports": {"config": {"workers": 1}}}
+    export_run = materialize([assets[AssetKey(["vt_feed", "vt_file_reports"])]], partition_key="2020-11-02",
                              instance=instance, resources=resources, run_config={"ops": one_process})
     assert export_run.success
 
@@ -116,7 +116,7 @@ def test_the_requested_run_loads_the_landed_day(data_dir):
     [request] = vt_parquet_landed(context).run_requests
     assert request.partition_key == "2020-11-02"
     job = defs.resolve_job_def(vt_parquet_landed.job_name)
-    selected = [AssetKey("broccoli_classifications"), AssetKey(["vt_feed", "ioc_file_hashes"])]
+    selected = [AssetKey(["vt_feed", "broccoli_classifications"]), AssetKey(["vt_feed", "ioc_file_hashes"])]
     assert set(job.asset_layer.executable_asset_keys) == set(selected)
     load_run = materialize([assets[k] for k in selected], partition_key=request.partition_key, instance=instance,
                            resources=resources, tags=request.tags, run_config=request.run_config or None)

@@ -10,7 +10,7 @@ from ti_pipeline.core import schema
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.definitions import defs
 from ti_pipeline.defs.resources import LoaderResource, ObjectStoreResource, WarehouseResource
-from ti_pipeline.defs.vt_feed.load import ASSET_KEY, vt_ioc_file_hashes
+from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY, vt_ioc_file_hashes
 from ti_pipeline_tests.vt_feed.load.exportdata import classification, report, sha256_of, write_day
 
 DAY = "2024-01-01"
@@ -122,11 +122,11 @@ def test_a_tidb_only_loader_is_chosen_by_run_config(tmp_path, sqlite_url, data_d
 
 def test_both_feeders_of_the_table_are_plain_in_the_code_location():
     graph = defs.resolve_asset_graph()
-    vt = graph.get(ASSET_KEY)
+    vt = graph.get(VT_IOC_FILE_HASHES_KEY)
     dump = graph.get(AssetKey(["sage_dump", "ioc_file_hashes"]))
     assert vt.metadata["dagster/table_name"] == dump.metadata["dagster/table_name"] == "ioc_file_hashes"
     assert "sage_dump/ioc_file_hashes" in vt.description
     assert vt.group_name == "vt_feed"
-    assert {AssetKey("vt_file_reports"), AssetKey("broccoli_classifications")} <= set(vt.parent_keys)
+    assert {AssetKey(["vt_feed", "vt_file_reports"]), AssetKey(["vt_feed", "broccoli_classifications"])} <= set(vt.parent_keys)
     job = defs.resolve_job_def("vt_load_job")
-    assert set(job.asset_layer.executable_asset_keys) == {ASSET_KEY, AssetKey("broccoli_classifications")}
+    assert set(job.asset_layer.executable_asset_keys) == {VT_IOC_FILE_HASHES_KEY, AssetKey(["vt_feed", "broccoli_classifications"])}

@@ -1,11 +1,10 @@
-"""The request budget's schedule (with an injected clock: nothing waits) and the retry delay."""
+"""The request budget's schedule (with an injected clock: nothing waits)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ti_pipeline.core.retry import retry_after_seconds
-from ti_pipeline.threat_actors.budget import DEFAULT_LIMITS, RequestBudget, retry_delay
+from ti_pipeline.threat_actors.budget import DEFAULT_LIMITS, RequestBudget
 
 
 class FakeClock:
@@ -61,19 +60,3 @@ def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         RequestBudget([(0, 60.0)])
 
-
-def test_retry_after_as_seconds_or_http_date():
-    assert retry_after_seconds("120") == 120.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
-    assert retry_after_seconds(None) is None
-    assert retry_after_seconds("soon") is None
-
-
-def test_retry_delay_grows_with_attempts_and_never_undercuts_retry_after():
-    assert [retry_delay(a, None, base=1.0, rand=lambda: 1.0) for a in range(4)] == [1.0, 2.0, 4.0, 8.0]
-    assert [retry_delay(a, None, base=1.0, rand=lambda: 0.0) for a in range(3)] == [0.5, 1.0, 2.0]
-    assert retry_delay(0, None, base=100.0, cap=300.0, rand=lambda: 1.0) == 100.0
-    assert retry_delay(5, None, base=100.0, cap=300.0, rand=lambda: 1.0) == 300.0
-    assert retry_delay(0, 30.0, base=1.0, rand=lambda: 0.0) == 30.0
-    assert retry_delay(0, 30.0, base=1.0, rand=lambda: 0.5) == 30.5  # jitter on top of Retry-After
-    assert retry_delay(6, 3.0, base=1.0, rand=lambda: 0.0) == 32.0  # backoff larger than Retry-After

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline.core import schema
+from ti_pipeline.core import schema, settings
 from ti_pipeline.core.exports import SUCCESS_MARKER, partition_prefix
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -293,7 +293,7 @@ class UI:
         self.graph_settings("vertical orientation")
         # Both choices are kept (URL, local storage); a reload lays the graph out to fit the view.
         self.driver.refresh()
-        self.visible(_text_is("vt_file_reports"))
+        self.visible(_text_is("vt_file_reports"))  # a node shows the last part of its key
         time.sleep(2)  # the graph animates to its new layout
         self.driver.save_screenshot(str(path))
 
@@ -315,15 +315,15 @@ def test_materialize_vt_day_and_sage_shard_from_the_ui(dagster_dev: DagsterDev, 
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
     ui = UI(browser, dagster_dev, tmp_path / "ui_failure")
-    screenshots = Path(os.environ.get("TI_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    screenshots = Path(settings.text("TI_UI_SCREENSHOTS") or tmp_path / "screenshots")
     if not screenshots.is_absolute():
         screenshots = REPO / screenshots
     screenshots.mkdir(parents=True, exist_ok=True)
 
     with ui.step("first_visit"):
         ui.dismiss_community_dialog()
-    with ui.step("launch_vt_file_reports"):
-        vt_run_prefix = ui.materialize_partition("vt_file_reports", VT_DAY)
+    with ui.step("launch_vt_feed_vt_file_reports"):
+        vt_run_prefix = ui.materialize_partition("vt_feed/vt_file_reports", VT_DAY)
     with ui.step("launch_sage_dump_ioc_file_hashes"):
         sage_run_prefix = ui.materialize_partition("sage_dump/ioc_file_hashes", SHARD)
 
@@ -335,7 +335,7 @@ def test_materialize_vt_day_and_sage_shard_from_the_ui(dagster_dev: DagsterDev, 
         assert runs["vt"].tags["dagster/partition"] == VT_DAY
         assert runs["sage"].tags["dagster/partition"] == SHARD
         sage_event = instance.get_latest_materialization_event(AssetKey(["sage_dump", "ioc_file_hashes"]))
-        vt_event = instance.get_latest_materialization_event(AssetKey("vt_file_reports"))
+        vt_event = instance.get_latest_materialization_event(AssetKey(["vt_feed", "vt_file_reports"]))
     finally:
         instance.dispose()
 

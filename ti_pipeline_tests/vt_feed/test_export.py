@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from ti_pipeline.core.accounting import QuarantineRecord
-from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.core.exports import (
+    VT_FILE_REPORTS,
+    ExportPart,
+    Manifest,
+    part_name,
+    read_manifest,
+    success_name,
+)
 from ti_pipeline.core.objectstore import LocalStore, ObjectStore, open_store
 from ti_pipeline.sample_data.vt import (
     file_hashes,
@@ -28,7 +35,6 @@ from ti_pipeline.vt_feed.export import (
     PackagePool,
     export_day,
     newest_per_sha256,
-    read_manifest,
 )
 
 DAY = "2020-11-01"
@@ -49,15 +55,19 @@ def v3(index: int, scan: datetime, detected: dict) -> bytes:
     return line(v3_object(index, scan, detected, engines=ENGINES))
 
 
+def manifest_of(store: ObjectStore, day: str = DAY) -> Manifest | None:
+    """The day's published manifest, read as the loaders and the sidecar read it."""
+    export = read_manifest(store, "vt_file_reports", day)
+    return export.manifest if export is not None else None
+
+
 def partition_rows(store: ObjectStore, day: str = DAY) -> list[dict]:
-    manifest = read_manifest(store, day)
-    tables = [pq.read_table(store.open_read(p["name"])) for p in manifest["parts"]]
+    tables = [pq.read_table(store.open_read(p.name)) for p in manifest_of(store, day).parts]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
 def partition_bytes(store: ObjectStore, day: str = DAY) -> dict[str, bytes]:
-    manifest = read_manifest(store, day)
-    return {p["name"]: store.read_bytes(p["name"]) for p in manifest["parts"]}
+    return {p.name: store.read_bytes(p.name) for p in manifest_of(store, day).parts}
 
 
 def export(feed: ObjectStore, out: ObjectStore, day: str = DAY, workers: int = 1, now: datetime = NOW, **options):
@@ -155,11 +165,11 @@ def test_newest_scan_wins_and_ties_are_deterministic(crafted: ObjectStore, tmp_p
     not_read = ["20201101/20201101T0500.partial", "20201101/20201101T0500.tmp", "20201101/20201101T0500~", "20201101/README"]
     assert summary.objects_not_read == not_read
     assert quarantine == []
-    manifest = read_manifest(out, DAY)
+    manifest = manifest_of(out)
     info = out.stat(part_name("vt_file_reports", DAY, 0))
-    assert manifest["parts"] == [{"name": info.name, "rows": 4, "generation": info.generation}]
-    assert manifest["objects_not_read"] == not_read
-    assert (manifest["rows"], manifest["day"], manifest["accounting"]["read"]) == (4, DAY, 9)
+    assert manifest.parts == (ExportPart(info.name, 4, info.generation),)
+    assert manifest.details["objects_not_read"] == not_read
+    assert (manifest.rows, manifest.day.isoformat(), manifest.details["accounting"]["read"]) == (4, DAY, 9)
     assert sorted(i.name for i in out.list("vt_file_reports/")) == [
         "vt_file_reports/date=2020-11-01/_SUCCESS",
         "vt_file_reports/date=2020-11-01/part-00000.parquet",
@@ -181,9 +191,9 @@ def test_buckets_parts_and_workers_do_not_change_the_rows(tmp_path: Path):
     rows = partition_rows(plain)
     assert partition_rows(bucketed) == rows
     assert [r["sha256"] for r in rows] == sorted({r["sha256"] for r in rows})  # unique and sorted
-    manifest = read_manifest(bucketed, DAY)
-    assert [p["rows"] for p in manifest["parts"]] == [40] * (len(rows) // 40) + ([len(rows) % 40] if len(rows) % 40 else [])
-    first = pq.read_metadata(bucketed.open_read(manifest["parts"][0]["name"]))
+    manifest = manifest_of(bucketed)
+    assert [p.rows for p in manifest.parts] == [40] * (len(rows) // 40) + ([len(rows) % 40] if len(rows) % 40 else [])
+    first = pq.read_metadata(bucketed.open_read(manifest.parts[0].name))
     assert [first.row_group(i).num_rows for i in range(first.num_row_groups)] == [20, 20]
     assert 0 < many.worker_peak_rss_kib
 
@@ -193,7 +203,7 @@ def test_rerun_is_identical_and_deletes_parts_it_no_longer_writes(tmp_path: Path
     write_vt_feed(feed, days=(DAY,))
     out = LocalStore(tmp_path / "export")
     export(feed, out, rows_per_part=10, row_group_rows=10)
-    assert len(read_manifest(out, DAY)["parts"]) > 2
+    assert len(manifest_of(out).parts) > 2
 
     export(feed, out)
     first = partition_bytes(out)
@@ -242,7 +252,7 @@ def test_a_run_killed_mid_write_leaves_no_partition_and_the_rerun_is_identical(t
     )
 
     assert process.returncode == -9, process.stderr.decode()
-    assert read_manifest(killed, DAY) is None  # neither the old nor a partial partition is readable
+    assert manifest_of(killed) is None  # neither the old nor a partial partition is readable
     assert killed.stat(part_name("vt_file_reports", DAY, 1)) is not None  # the killed run's stray parts
     export(feed, killed, rows_per_part=10, row_group_rows=10)
     assert partition_bytes(killed) == partition_bytes(clean)
@@ -252,7 +262,7 @@ def test_a_run_killed_mid_write_leaves_no_partition_and_the_rerun_is_identical(t
 def test_a_day_without_packages_is_an_empty_partition(tmp_path: Path):
     out = LocalStore(tmp_path / "export")
     summary, _ = export(LocalStore(tmp_path / "feed"), out, day="2021-01-01")
-    assert read_manifest(out, "2021-01-01")["parts"] == []
+    assert manifest_of(out, "2021-01-01").parts == ()
     assert (summary.figures["packages_found"], summary.figures["packages_missing"]) == (0, 1440)
 
 
@@ -282,8 +292,8 @@ def test_gcs_path_on_the_emulator_matches_the_folder_path(gcs_bucket: str, tmp_p
     assert summary.accounting.as_dict() == local.accounting.as_dict()
     assert summary.figures["packages_corrupt"] == 1
     assert any(q.source.startswith(f"gs://{gcs_bucket}/feed/20201102/") for q in quarantine)
-    assert [p["generation"] for p in read_manifest(out, "2020-11-02")["parts"]] == [
-        out.stat(p["name"]).generation for p in read_manifest(out, "2020-11-02")["parts"]
+    assert [p.generation for p in manifest_of(out, "2020-11-02").parts] == [
+        out.stat(p.name).generation for p in manifest_of(out, "2020-11-02").parts
     ]
 
 

@@ -1,4 +1,5 @@
-"""Encrypted per-organisation IOC submissions: the customer_ioc asset and the sensor that polls the lake."""
+"""Encrypted per-organisation IOC submissions: the submissions/customer_ioc asset and the sensor that polls
+the lake."""
 
 from dagster import Definitions
 

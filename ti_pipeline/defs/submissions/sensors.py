@@ -2,7 +2,8 @@
 
 Its cursor is the JSON ``PollState`` (high-water mark, failed polls, next poll time): before the next
 poll time it returns a skip without listing; a poll that finds new metadata records asks for one run
-of ``customer_ioc`` naming at most ``MAX_PER_RUN`` of them (the run key names exactly that set).
+of ``submissions/customer_ioc`` naming at most ``MAX_PER_RUN`` of them (the run key names exactly that
+set).
 """
 
 import hashlib
@@ -21,7 +22,7 @@ from dagster import (
 
 from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.defs.resources import ObjectStoreResource
-from ti_pipeline.defs.submissions.assets import ASSET_NAME, customer_ioc
+from ti_pipeline.defs.submissions.assets import CUSTOMER_IOC_KEY, customer_ioc
 from ti_pipeline.submissions.lake import META_PREFIX
 from ti_pipeline.submissions.polling import PollState, select_new
 from ti_pipeline.submissions.process import ledger_id_of
@@ -54,8 +55,8 @@ def poll(cursor: str | None, store: ObjectStore, *, now: float, uniform: float, 
     run_key = "submissions-" + hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:24]
     request = RunRequest(
         run_key=run_key,
-        run_config={"ops": {ASSET_NAME: {"config": {"submissions": ids}}}},
-        asset_selection=[customer_ioc.key],
+        run_config={"ops": {CUSTOMER_IOC_KEY.to_python_identifier(): {"config": {"submissions": ids}}}},
+        asset_selection=[CUSTOMER_IOC_KEY],
         tags={"ti_pipeline/submissions": str(len(ids))},
     )
     return SensorResult(run_requests=[request], cursor=state.after_work(new[-1]).to_cursor())

@@ -16,18 +16,21 @@ from dagster import (
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import ObjectStoreResource
+from ti_pipeline.defs.vt_feed.broccoli import BROCCOLI_CLASSIFICATIONS_KEY
+from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
+from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY
 from ti_pipeline.vt_feed.load.landing import Mark, list_landed, plan
 
 VT_FILE_REPORTS = JobSpec(
     "vt_file_reports_job",
-    AssetSelection.assets("vt_file_reports"),
+    AssetSelection.assets(VT_FILE_REPORTS_KEY),
     "One VT feed day (or a range of days) to the vt_file_reports Parquet partition.",
     {HEAVY_TAG: "vt_decompress"},
 )
 # What the vt_parquet_landed sensor starts for a day: the Broccoli sidecar, then the load that needs it.
 VT_LOAD = JobSpec(
     "vt_load_job",
-    AssetSelection.assets("broccoli_classifications", ["vt_feed", "ioc_file_hashes"]),
+    AssetSelection.assets(BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY),
     "One exported VT day: its Broccoli classification sidecar, then the merge into ioc_file_hashes.",
 )
 vt_file_reports_job = VT_FILE_REPORTS.build()

@@ -5,41 +5,36 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     BackfillPolicy,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
 from ti_pipeline.core.accounting import Accounting
+from ti_pipeline.defs.config import fields_of, options_from
 from ti_pipeline.defs.metadata import Progress, accounting_metadata, bar_chart, reconcile_check, sample_table
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
-from ti_pipeline.vt_feed.export import DATASET, DaySummary, ExportOptions, PackagePool, export_day
+from ti_pipeline.vt_feed.export import DaySummary, ExportOptions, PackagePool, export_day
 from ti_pipeline.vt_feed.package import PackageResult
 from ti_pipeline.vt_feed.summary import hourly_scans, sample_rows
 
-GROUP = "vt_feed"
+# The domain's one name: package, defs module, asset group and key prefix (of broccoli.py and load.py too).
+DOMAIN = "vt_feed"
+VT_FILE_REPORTS_KEY = AssetKey([DOMAIN, "vt_file_reports"])
+# The asset as logs and the quarantine's asset column name it.
+ASSET_NAME = VT_FILE_REPORTS_KEY.to_user_string()
 HEAVY_TAG = {"ti_pipeline/heavy": "vt_decompress"}
 # Partitions per backfill run: ~2,200 days of history backfill in tens of runs, each reusing one
 # process pool across its days.
 MAX_PARTITIONS_PER_RUN = 60
 
 
-class VtExportConfig(Config):
-    workers: int = 0
-    """Processes decompressing and parsing packages; 0 means one per core."""
+class VtExportConfig(fields_of(ExportOptions)):
     max_corrupt_share: float = 0.05
     """Share of a day's packages that may be corrupt before the packages_corrupt check fails (below it, it warns)."""
-    spill_buckets: int = 0
-    """sha256-prefix buckets the day is spilled into before dedup; 0 sizes them from the day's compressed bytes."""
-    rows_per_part: int = 2_000_000
-    """Rows per Parquet part file."""
-    row_group_rows: int = 500_000
-    """Rows per Parquet row group."""
-    spill_dir: str | None = None
-    """Local folder for the spill (default: the system temp folder)."""
 
 
 def corrupt_check(acc: Accounting, summaries: list[DaySummary], max_share: float) -> AssetCheckResult:
@@ -84,8 +79,8 @@ def _not_read(summaries: list[DaySummary], limit: int = 100) -> str:
 
 
 @asset(
-    name=DATASET,
-    group_name=GROUP,
+    key=VT_FILE_REPORTS_KEY,
+    group_name=DOMAIN,
     partitions_def=vt_days,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
     description=(
@@ -94,10 +89,10 @@ def _not_read(summaries: list[DaySummary], limit: int = 100) -> str:
         "newest scan per sha256, written whole or not at all (_SUCCESS manifest last)."
     ),
     check_specs=[
-        AssetCheckSpec("counts_reconcile", asset=DATASET, description="read = written + filtered + rejected"),
+        AssetCheckSpec("counts_reconcile", asset=VT_FILE_REPORTS_KEY, description="read = written + filtered + rejected"),
         AssetCheckSpec(
             "packages_corrupt",
-            asset=DATASET,
+            asset=VT_FILE_REPORTS_KEY,
             description="warns on any corrupt package, fails past max_corrupt_share of the packages found",
         ),
     ],
@@ -115,21 +110,15 @@ def vt_file_reports(
     warehouse: WarehouseResource,
 ):
     feed, export, wh = vt_feed.get(), export_store.get(), warehouse.get()
-    options = ExportOptions(
-        workers=config.workers,
-        spill_buckets=config.spill_buckets,
-        rows_per_part=config.rows_per_part,
-        row_group_rows=config.row_group_rows,
-        spill_dir=config.spill_dir,
-    )
+    options = options_from(config, ExportOptions)
     days = list(context.partition_keys)
     total = Accounting()
     summaries: list[DaySummary] = []
     with PackagePool(options.workers) as pool:
         context.log.info(f"{len(days)} day(s) from {feed.uri} with {pool.workers} worker(s) into {export.uri}")
         for day in days:
-            wh.clear_quarantine(DATASET, day)
-            progress = Progress(context.log, f"{DATASET}[{day}]")
+            wh.clear_quarantine(ASSET_NAME, day)
+            progress = Progress(context.log, f"{ASSET_NAME}[{day}]")
             done = Accounting()
 
             def on_package(result: PackageResult, done: Accounting = done, progress: Progress = progress) -> None:
@@ -143,15 +132,15 @@ def vt_file_reports(
                 day,
                 pool,
                 options,
-                on_quarantine=lambda records, day=day: wh.add_quarantine(DATASET, day, records),
+                on_quarantine=lambda records, day=day: wh.add_quarantine(ASSET_NAME, day, records),
                 on_package=on_package,
             )
             if summary.objects_not_read:
                 context.log.warning(
-                    f"{DATASET}[{day}]: {len(summary.objects_not_read)} object(s) whose names are not "
+                    f"{ASSET_NAME}[{day}]: {len(summary.objects_not_read)} object(s) whose names are not "
                     f"{{YYYYMMDD}}T{{HHMM}} packages were not read: {', '.join(summary.objects_not_read[:20])}"
                 )
-            context.log.info(f"{DATASET}[{day}]: {summary.accounting.as_dict()}")
+            context.log.info(f"{ASSET_NAME}[{day}]: {summary.accounting.as_dict()}")
             summaries.append(summary)
             total.merge(summary.accounting)
     extra = {

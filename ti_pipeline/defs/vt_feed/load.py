@@ -16,11 +16,13 @@ from dagster import (
 from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
 from ti_pipeline.defs.partitions import vt_days
 from ti_pipeline.defs.resources import LoaderResource, ObjectStoreResource, WarehouseResource
+from ti_pipeline.defs.vt_feed.broccoli import BROCCOLI_CLASSIFICATIONS_KEY
+from ti_pipeline.defs.vt_feed.export import DOMAIN, VT_FILE_REPORTS_KEY
 from ti_pipeline.vt_feed.load import IncompleteExport, LoaderError, load_day
 
-ASSET_KEY = AssetKey(["vt_feed", "ioc_file_hashes"])
-QUARANTINE_NAME = ASSET_KEY.to_user_string()
-GROUP = "vt_feed"
+VT_IOC_FILE_HASHES_KEY = AssetKey([DOMAIN, "ioc_file_hashes"])
+# The asset as the quarantine's asset column names it.
+ASSET_NAME = VT_IOC_FILE_HASHES_KEY.to_user_string()
 
 
 class VtLoadConfig(Config):
@@ -29,10 +31,10 @@ class VtLoadConfig(Config):
 
 
 @asset(
-    key=ASSET_KEY,
-    group_name=GROUP,
+    key=VT_IOC_FILE_HASHES_KEY,
+    group_name=DOMAIN,
     partitions_def=vt_days,
-    deps=[AssetKey("vt_file_reports"), AssetKey("broccoli_classifications")],
+    deps=[VT_FILE_REPORTS_KEY, BROCCOLI_CLASSIFICATIONS_KEY],
     description=(
         "One exported VT day (vt_file_reports + its broccoli_classifications sidecar) merged into "
         "ioc_file_hashes: a row changes only for a newer scan_date, SHA256/SHA1/MD5 tokens outrank "
@@ -40,8 +42,8 @@ class VtLoadConfig(Config):
         "Feeder 2 of 2 of this table; sage_dump/ioc_file_hashes (the 2020 dump baseline) is feeder 1."
     ),
     check_specs=[
-        AssetCheckSpec("counts_reconcile", asset=ASSET_KEY, description="read = written + filtered + rejected"),
-        AssetCheckSpec("sha256s_present", asset=ASSET_KEY, description="every sha256 the day kept is in the table"),
+        AssetCheckSpec("counts_reconcile", asset=VT_IOC_FILE_HASHES_KEY, description="read = written + filtered + rejected"),
+        AssetCheckSpec("sha256s_present", asset=VT_IOC_FILE_HASHES_KEY, description="every sha256 the day kept is in the table"),
     ],
     pool="warehouse_writes",
     metadata={"dagster/table_name": "ioc_file_hashes", "feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"},
@@ -61,7 +63,7 @@ def vt_ioc_file_hashes(
         raise Failure(str(exc)) from exc
     wh = warehouse.get()
     settings = loader.load_settings(config.loader)
-    wh.clear_quarantine(QUARANTINE_NAME, day)
+    wh.clear_quarantine(ASSET_NAME, day)
     try:
         result = load_day(
             wh,
@@ -69,7 +71,7 @@ def vt_ioc_file_hashes(
             day,
             settings,
             log=context.log,
-            quarantine=lambda records: wh.add_quarantine(QUARANTINE_NAME, day, records),
+            quarantine=lambda records: wh.add_quarantine(ASSET_NAME, day, records),
             policy=policy,
         )
     except (IncompleteExport, LoaderError) as exc:

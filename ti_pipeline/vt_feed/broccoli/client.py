@@ -22,6 +22,7 @@ exhaust memory, and it is rejected rather than retried, since asking again bring
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -33,17 +34,13 @@ from urllib.parse import quote, urlparse
 
 import orjson
 
-from ti_pipeline.core import keys
-from ti_pipeline.core.retry import (
-    HEAD_BYTES,
-    MAX_RESPONSE_BYTES,
-    ResponseTooLarge,
-    backoff_seconds,
-    read_capped,
-    retry_after_seconds,
-)
+from ti_pipeline.core import keys, settings
+from ti_pipeline.core.http import HEAD_BYTES, MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped
+from ti_pipeline.core.retry import Backoff, TryAgain, retry_after_seconds, retry_call_async
 from ti_pipeline.vt_feed.broccoli.labels import map_label
 from ti_pipeline.vt_feed.broccoli.tokens import GoogleTokens, TokenProvider
+
+log = logging.getLogger(__name__)
 
 FOUND = "found"
 NOT_FOUND = "not_found"
@@ -66,6 +63,10 @@ class RetryPolicy:
     """Longest ``Retry-After`` honoured (a larger one is capped, not obeyed blindly)."""
     timeout: float = 10.0
     """Seconds for one request, connect to last byte."""
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.attempts, self.base_delay, self.max_delay, self.max_retry_after)
 
 
 @dataclass(slots=True)
@@ -136,6 +137,7 @@ class BroccoliClient:
     ):
         self.uri = uri
         self.policy = policy
+        self._backoff = policy.backoff
         self.concurrency = concurrency
         self.max_response_bytes = max_response_bytes
         self.rng = rng or random.Random()
@@ -146,7 +148,7 @@ class BroccoliClient:
         if parsed.scheme == "gs":
             if not parsed.netloc:
                 raise ValueError(f"no bucket in {uri!r}")
-            emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+            emulator = settings.text("STORAGE_EMULATOR_HOST")
             endpoint = (emulator or GCS_ENDPOINT).rstrip("/")
             if emulator and "://" not in endpoint:
                 endpoint = f"http://{endpoint}"
@@ -251,12 +253,11 @@ class BroccoliClient:
         import aiohttp
 
         url = self._url(sha1)  # validated by lookup()
-        policy = self.policy
-        reason = ""
-        status = 0
-        for attempt in range(1, policy.attempts + 1):
-            retry_after = None
-            status = 0
+        tries = 0
+
+        async def once() -> Lookup:
+            nonlocal tries
+            tries += 1
             try:
                 headers = await self.tokens.headers()
                 async with self._session.get(url, headers=headers) as resp:
@@ -265,27 +266,31 @@ class BroccoliClient:
                         body = await read_capped(resp, self.max_response_bytes)
                     except ResponseTooLarge as exc:
                         if status == 200:
-                            return _too_large(sha1, exc, attempt)  # the same object again: not retried
+                            return _too_large(sha1, exc, tries)  # the same object again: not retried
                         body = b""  # an error page is not used: the connection is dropped, not drained
                     if status == 200 or status == 404:
-                        return _answer(sha1, status, body, attempt)
+                        return _answer(sha1, status, body, tries)
                     if status == 401:
                         self.tokens.invalidate()
                     elif status not in RETRYABLE_STATUSES:
-                        return Lookup(sha1, FAILED, status, time.time(), reason=f"http_{status}", attempts=attempt)
-                    reason = f"http_{status}"
-                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"), time.time())
+                        return Lookup(sha1, FAILED, status, time.time(), reason=f"http_{status}", attempts=tries)
+                    raise TryAgain(f"http_{status}", status, retry_after_seconds(resp.headers.get("Retry-After"), time.time()))
             except TimeoutError:
-                reason = "timeout"
+                raise TryAgain("timeout", 0) from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                reason = f"connection:{type(exc).__name__}"
-            if attempt == policy.attempts:
-                break
-            self.stats.retried += 1
-            self.stats.retry_reasons[reason] += 1
-            delay = backoff_seconds(attempt - 1, base=policy.base_delay, cap=policy.max_delay, rand=self.rng.random)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, policy.max_retry_after))
-            await asyncio.sleep(delay)
-        return Lookup(sha1, FAILED, status, time.time(), reason=f"{reason} after {policy.attempts} tries",
-                      attempts=policy.attempts)
+                raise TryAgain(f"connection:{type(exc).__name__}", 0) from None
+
+        try:
+            # Retries are logged at DEBUG only: at hundreds of lookups at once a line each would flood
+            # the run's log; their counts by cause are the step's metadata (``stats``).
+            return await retry_call_async(
+                once, self._backoff, what=url, on_retry=self._count_retry, logger=log, level=logging.DEBUG,
+                rand=self.rng.random,
+            )
+        except TryAgain as last:
+            return Lookup(sha1, FAILED, last.status or 0, time.time(), reason=f"{last.reason} after {tries} tries",
+                          attempts=tries)
+
+    def _count_retry(self, failure: Exception, delay: float) -> None:
+        self.stats.retried += 1
+        self.stats.retry_reasons[str(failure)] += 1

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.exports import Manifest
 from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.vt_feed.broccoli import sidecar
 from ti_pipeline.vt_feed.broccoli.client import FAILED, FOUND, NOT_FOUND, REJECTED, BroccoliClient, Lookup
@@ -35,6 +36,8 @@ UNKNOWN_LABELS_LISTED = 20
 
 @dataclass(frozen=True)
 class DayOptions:
+    """How a day is classified; the ``broccoli_classifications`` run config is made from these fields."""
+
     refresh: bool = False
     """Look every SHA1 up again: ignore the warehouse, the published sidecar and the checkpoints."""
     checkpoint_every: int = 20_000
@@ -42,6 +45,7 @@ class DayOptions:
     max_failed_lookups: int = 1_000
     """Stop taking new SHA1s once this many lookups failed after their retries (Broccoli is down)."""
     rows_per_part: int = 1_000_000
+    """Sidecar rows per Parquet part."""
 
 
 @dataclass
@@ -54,7 +58,7 @@ class DayResult:
     outcomes: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     unknown_labels: Counter[str] = field(default_factory=Counter)
-    published: sidecar.Published | None = None
+    published: Manifest | None = None
 
     @property
     def lookups_per_second(self) -> float:

@@ -8,8 +8,6 @@ reports and the Broccoli sidecar of the day, ``schema.vt_load_staging``); the me
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,17 +15,21 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from ti_pipeline.core import settings
 from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.exports import DayExport
 from ti_pipeline.core.objectstore import ObjectStore
-from ti_pipeline.core.warehouse import Warehouse, is_transient
-from ti_pipeline.vt_feed.load.exports_reader import DayExport
+from ti_pipeline.core.retry import Backoff, retry_call
+from ti_pipeline.core.warehouse import Warehouse, driver_error, is_transient
 
-RETRIES = 5
+STATEMENT_RETRIES = Backoff(attempts=6, base=0.2, cap=30.0)
 LOADER_NAMES = ("sql", "lightning", "import_into")
 
 # Called after each committed step ("staged_batch", "merged_chunk") with its index: progress for
 # the UI, and the place tests drop a connection or kill the run.
 EventHook = Callable[[str, int], None]
+
+log = logging.getLogger(__name__)
 
 
 class LoaderError(RuntimeError):
@@ -36,25 +38,33 @@ class LoaderError(RuntimeError):
 
 @dataclass
 class LoadSettings:
-    """What a loader needs besides the warehouse and the export store (no secrets in ``repr``)."""
+    """What a loader needs besides the warehouse and the export store (no secrets in ``repr``).
 
-    loader: str = "sql"
+    The ``loader`` resource is made from these fields; one left out is its ``TI_*`` setting.
+    """
+
+    loader: str = settings.configured("TI_LOADER")
     batch_rows: int = 50_000
+    """Rows per staging batch (one LOAD DATA / INSERT transaction)."""
     merge_chunk_rows: int = 100_000
-    # sql: LOAD DATA LOCAL INFILE on MySQL-family servers (batched inserts when the server refuses it).
+    """Staged rows per merge transaction (keep TiDB transactions small)."""
     load_data: bool = True
+    """sql loader on MySQL-family servers: LOAD DATA LOCAL INFILE (False, or refused by the server: batched INSERTs)."""
     # lightning / import_into: the TiDB cluster behind the warehouse URL.
-    lightning_bin: str = "tidb-lightning"
-    sorted_kv_dir: str = "/tmp/ti-lightning-sorted-kv"
+    lightning_bin: str = settings.configured("TI_LIGHTNING_BIN")
+    sorted_kv_dir: str = settings.configured("TI_LIGHTNING_SORTED_KV_DIR")
     work_dir: str | None = None
-    tidb_host: str | None = None
-    tidb_port: int | None = None
-    tidb_user: str | None = None
-    tidb_password: str | None = field(default=None, repr=False)
-    tidb_status_port: int = 10080
-    pd_addr: str | None = None
+    """Where Lightning's task files go (default: the system temp folder)."""
+    tidb_host: str | None = settings.configured("TI_TIDB_HOST")
+    tidb_port: int | None = settings.configured("TI_TIDB_PORT")
+    tidb_user: str | None = settings.configured("TI_TIDB_USER")
+    tidb_password: str | None = settings.configured("TI_TIDB_PASSWORD")
+    tidb_status_port: int = settings.configured("TI_TIDB_STATUS_PORT")
+    pd_addr: str | None = settings.configured("TI_TIDB_PD_ADDR")
     timeout_seconds: float = 6 * 3600.0
+    """Longest a Lightning run or IMPORT INTO job may take before it is killed / cancelled."""
     poll_seconds: float = 10.0
+    """``SHOW IMPORT JOB`` interval."""
 
     def __post_init__(self) -> None:
         if self.loader not in LOADER_NAMES:
@@ -96,19 +106,13 @@ class Stager(Protocol):
     def stage(self, request: StageRequest) -> StageResult: ...
 
 
-def retrying(work: Callable[[], None], what: str, log: logging.Logger, figures: Counter[str]) -> None:
-    """Run ``work`` again after a dropped connection or lock timeout, with backoff and jitter."""
-    for attempt in range(RETRIES + 1):
-        try:
-            work()
-            return
-        except sa.exc.OperationalError as exc:
-            if attempt == RETRIES or not is_transient(exc):
-                raise
-            delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random())
-            figures["retries"] += 1
-            log.warning(f"{what} failed ({exc.orig}); retry {attempt + 1} in {delay:.1f}s")
-            time.sleep(delay)
+def retrying(work: Callable[[], None], what: str, figures: Counter[str]) -> None:
+    """Run ``work`` again after a dropped connection or lock timeout; each retry counts in ``figures``."""
+
+    def count(_failure: Exception, _delay: float) -> None:
+        figures["retries"] += 1
+
+    retry_call(work, STATEMENT_RETRIES, what=what, retry_on=is_transient, on_retry=count, describe=driver_error, logger=log)
 
 
 def mysql_family(warehouse: Warehouse) -> bool:

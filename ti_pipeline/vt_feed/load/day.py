@@ -23,6 +23,13 @@ import sqlalchemy as sa
 
 from ti_pipeline.core import keys, schema, values
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
+from ti_pipeline.core.exports import (
+    BROCCOLI_CLASSIFICATIONS_DATASET,
+    VT_FILE_REPORTS_DATASET,
+    DayExport,
+    check_parts,
+    require_export,
+)
 from ti_pipeline.core.failpoints import failpoint
 from ti_pipeline.core.objectstore import ObjectStore
 from ti_pipeline.core.values import ImportPolicy
@@ -36,14 +43,11 @@ from ti_pipeline.vt_feed.load.base import (
     mysql_family,
     retrying,
 )
-from ti_pipeline.vt_feed.load.exports_reader import DayExport, check_parts, require_day_export
 from ti_pipeline.vt_feed.load.import_into import ImportIntoStager
 from ti_pipeline.vt_feed.load.lightning import LightningStager
 from ti_pipeline.vt_feed.load.merge import OUTCOMES, MergePlan, key_ranges, merge_range
 from ti_pipeline.vt_feed.load.sql import SqlStager
 
-REPORTS_DATASET = "vt_file_reports"
-SIDECAR_DATASET = "broccoli_classifications"
 # Accounting names: why a staged report row was not written.
 KEPT_OLDER = "newer_scan_already_stored"
 # The upstream's production set, when the caller names no policy.
@@ -133,11 +137,11 @@ def _load_day(
     on_event: EventHook | None,
     policy: ImportPolicy,
 ) -> DayLoad:
-    reports = require_day_export(store, REPORTS_DATASET, day)
-    sidecar = require_day_export(store, SIDECAR_DATASET, day)
+    reports = require_export(store, VT_FILE_REPORTS_DATASET, day)
+    sidecar = require_export(store, BROCCOLI_CLASSIFICATIONS_DATASET, day)
     check_parts(store, reports)
     check_parts(store, sidecar)
-    reports_table, sidecar_table = schema.vt_load_staging(reports.yyyymmdd)
+    reports_table, sidecar_table = schema.vt_load_staging(reports.manifest.day.strftime("%Y%m%d"))
     recreate(warehouse, reports_table, sidecar_table)
     stager = make_stager(settings.loader)
     acc = Accounting()
@@ -205,7 +209,7 @@ def merge_staged(
             with warehouse.engine.begin() as conn:
                 outcome["counts"] = merge_range(conn, plan, lo, hi)
 
-        retrying(work, f"merge chunk {index}", log, acc.figures)
+        retrying(work, f"merge chunk {index}", acc.figures)
         failpoint("load.merge_chunk")
         totals.update(outcome["counts"])
         acc.figures["merge_chunks"] += 1

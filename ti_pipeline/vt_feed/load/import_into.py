@@ -11,8 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from ti_pipeline.core.exports import DayExport, unlisted_parquet
 from ti_pipeline.vt_feed.load.base import LoaderError, StageRequest, StageResult, quote_identifier
-from ti_pipeline.vt_feed.load.exports_reader import DayExport, unlisted_parquet
 from ti_pipeline.vt_feed.load.tidb import source_location, tidb_target
 
 Execute = Callable[[str], Sequence[Mapping[str, object]]]
@@ -94,7 +94,7 @@ class ImportIntoStager:
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings
-        result = StageResult(read=request.reports.total_rows)
+        result = StageResult(read=request.reports.rows)
         target = tidb_target(request.warehouse.engine.url, settings)
         with request.warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
 

@@ -8,15 +8,11 @@ manifest written or rewritten after it is news, in that order, however many days
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ti_pipeline.core.exports import SUCCESS_MARKER
+from ti_pipeline.core.exports import VT_FILE_REPORTS_DATASET, manifest_day
 from ti_pipeline.core.objectstore import ObjectInfo, ObjectStore
-
-DATASET = "vt_file_reports"
-_MANIFEST = re.compile(rf"^{DATASET}/date=(\d{{4}}-\d{{2}}-\d{{2}})/{SUCCESS_MARKER}$")
 
 
 @dataclass(frozen=True, order=True)
@@ -50,9 +46,9 @@ class LandedDay:
 def landed_manifests(objects: Iterable[ObjectInfo]) -> list[LandedDay]:
     """The ``_SUCCESS`` manifests among listed objects, oldest write first."""
     days = [
-        LandedDay(match.group(1), info.generation, Mark(info.updated, info.name))
+        LandedDay(day, info.generation, Mark(info.updated, info.name))
         for info in objects
-        if (match := _MANIFEST.match(info.name))
+        if (day := manifest_day(VT_FILE_REPORTS_DATASET, info.name))
     ]
     return sorted(days, key=lambda d: d.mark)
 
@@ -68,4 +64,4 @@ def plan(
 
 
 def list_landed(store: ObjectStore) -> list[LandedDay]:
-    return landed_manifests(store.list(f"{DATASET}/"))
+    return landed_manifests(store.list(f"{VT_FILE_REPORTS_DATASET}/"))

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ti_pipeline.core.exports import DayExport
 from ti_pipeline.vt_feed.load.base import StageRequest, StageResult
-from ti_pipeline.vt_feed.load.exports_reader import DayExport
 from ti_pipeline.vt_feed.load.runner import MASK, run_streaming
 from ti_pipeline.vt_feed.load.tidb import TidbTarget, source_location, tidb_target
 
@@ -30,7 +30,7 @@ class LightningTask:
     table: str
     sorted_kv_dir: str
     checkpoint_dsn: str
-    status_port: int = 10080
+    status_port: int
     pd_addr: str | None = None
 
 
@@ -117,7 +117,7 @@ class LightningStager:
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings
-        result = StageResult(read=request.reports.total_rows)
+        result = StageResult(read=request.reports.rows)
         root = Path(settings.work_dir) if settings.work_dir else None
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Rules (docs/architecture.md, "VT load"):
 - scan columns (hashes, detections, positives, total, scan_date) follow the newest ``scan_date``
-  (the ``Warehouse`` guard ``MergeRule(newer_column="scan_date")``; an equal date re-applies the same
+  (the table's ``schema.MERGE_RULES`` guard, as on the dump load; an equal date re-applies the same
   values), so days loaded in any order or twice end in the same table;
 - ``first_seen``/``last_seen`` are the earliest/latest scan ever loaded;
 - classification: a curated SHA256/SHA1/MD5 token (``ioc_tokens``, its word read as
@@ -25,10 +25,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
 from ti_pipeline.core import schema, values
-from ti_pipeline.core.warehouse import MergeRule, merge_guard
+from ti_pipeline.core.warehouse import merge_guard
 
-RULE = MergeRule(newer_column="scan_date")
 TARGET = schema.ioc_file_hashes
+RULE = schema.MERGE_RULES[TARGET.name]
 OUTCOMES = ("inserted", "updated", "reapplied", "kept_older")
 # Token hash columns, the most specific first: when tokens disagree, the SHA256 token decides.
 TOKEN_DIGESTS = ("sha256", "sha1", "md5")

@@ -35,8 +35,8 @@ from sqlalchemy.pool import NullPool
 
 from ti_pipeline.core import schema, values
 from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.exports import DayExport, iter_batches
 from ti_pipeline.vt_feed.load.base import StageRequest, StageResult, mysql_family, quote_identifier, retrying
-from ti_pipeline.vt_feed.load.exports_reader import DayExport, iter_batches
 
 # Server or client refusing LOAD DATA LOCAL: not allowed (1148), disabled (3948; MariaDB 4166), rejected (2068).
 LOCAL_INFILE_REFUSED = (1148, 2068, 3948, 4166)
@@ -265,7 +265,7 @@ class SqlStager:
                 figures["load_data_batches"] += 1
                 return
             plain = naive_utc(rows).to_pylist()
-            retrying(lambda: self._insert(engine, table, plain), what, log, figures)
+            retrying(lambda: self._insert(engine, table, plain), what, figures)
             figures["insert_batches"] += 1
             return
         except StagingWarnings as exc:
@@ -279,7 +279,7 @@ class SqlStager:
         def one_by_one() -> None:
             refused[:] = self._one_by_one(engine, table, rows, offsets, batch.url)
 
-        retrying(one_by_one, what, log, figures)
+        retrying(one_by_one, what, figures)
         figures["row_by_row_batches"] += 1
         rejected[REFUSED] += len(refused)
         request.quarantine(refused)
@@ -292,7 +292,7 @@ class SqlStager:
             path = os.path.join(tmp, "batch.tsv")
             write_tsv(rows, path)
             try:
-                retrying(lambda: self._load_data(engine, table, path), what, log, figures)
+                retrying(lambda: self._load_data(engine, table, path), what, figures)
                 return True
             except sa.exc.OperationalError as exc:
                 code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None

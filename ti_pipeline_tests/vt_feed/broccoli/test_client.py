@@ -11,16 +11,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from ti_pipeline.core.accounting import QuarantineRecord
+from ti_pipeline.core.http import MAX_RESPONSE_BYTES, READ_CHUNK_BYTES, ResponseTooLarge, read_capped
 from ti_pipeline.core.keys import InvalidKey
 from ti_pipeline.core.objectstore import LocalStore
-from ti_pipeline.core.retry import (
-    MAX_RESPONSE_BYTES,
-    READ_CHUNK_BYTES,
-    ResponseTooLarge,
-    backoff_seconds,
-    read_capped,
-    retry_after_seconds,
-)
+from ti_pipeline.core.retry import backoff_seconds, retry_after_seconds
 from ti_pipeline.vt_feed.broccoli.client import (
     FAILED,
     FOUND,

@@ -7,7 +7,13 @@ import pytest
 import sqlalchemy as sa
 
 from ti_pipeline.core import schema
-from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, success_name
+from ti_pipeline.core.exports import (
+    BROCCOLI_CLASSIFICATIONS,
+    IncompleteExport,
+    Manifest,
+    read_manifest,
+    success_name,
+)
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.vt_feed.broccoli import sidecar
 from ti_pipeline.vt_feed.broccoli.client import BroccoliClient
@@ -29,17 +35,21 @@ def client_for(server, concurrency: int = 20) -> BroccoliClient:
     return BroccoliClient(server.url, policy=FAST, concurrency=concurrency, rng=random.Random(3))
 
 
+def sidecar_manifest(store: LocalStore, day: str = DAY) -> Manifest:
+    return read_manifest(store, "broccoli_classifications", day).manifest
+
+
 def sidecar_rows(store: LocalStore, day: str = DAY) -> list[tuple]:
-    manifest = orjson.loads(store.read_bytes(success_name("broccoli_classifications", day)))
+    manifest = sidecar_manifest(store, day)
     tables = []
-    for part in manifest["parts"]:
-        with store.open_read(part["name"]) as f:
+    for part in manifest.parts:
+        with store.open_read(part.name) as f:
             table = pq.read_table(f)
         assert table.schema == BROCCOLI_CLASSIFICATIONS
-        assert len(table) == part["rows"]
+        assert len(table) == part.rows
         tables.append(table)
     table = pa.concat_tables(tables)
-    assert len(table) == manifest["rows"]
+    assert len(table) == manifest.rows
     return [(r["sha1"].hex(), r["classification"], r["label"], r["http_status"]) for r in table.to_pylist()]
 
 
@@ -143,7 +153,7 @@ def test_rematerializing_a_complete_day_reuses_the_sidecar_unless_refreshed(broc
     write_vt_export(export, DAY, [sha1s])
     expected = serve(broccoli_server, sha1s)
     classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
-    first_parts = orjson.loads(export.read_bytes(success_name("broccoli_classifications", DAY)))["parts"]
+    first_parts = sidecar_manifest(export).parts
     broccoli_server.requests.clear()
 
     again = classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
@@ -151,9 +161,9 @@ def test_rematerializing_a_complete_day_reuses_the_sidecar_unless_refreshed(broc
     assert broccoli_server.request_count == 0
     assert again.accounting.figures["lookups.carried_over"] == 12
     assert sidecar_rows(export) == [expected[s] for s in sorted(sha1s)]
-    parts = orjson.loads(export.read_bytes(success_name("broccoli_classifications", DAY)))["parts"]
-    assert [p["name"] for p in parts] == ["broccoli_classifications/date=2020-11-05/part-00001.parquet"]
-    assert export.stat(first_parts[0]["name"]) is None  # the superseded part is gone
+    parts = sidecar_manifest(export).parts
+    assert [p.name for p in parts] == ["broccoli_classifications/date=2020-11-05/part-00001.parquet"]
+    assert export.stat(first_parts[0].name) is None  # the superseded part is gone
 
     broccoli_server.objects[sorted(sha1s)[0]] = b'{"classification": "hacktool"}'
     refreshed = classify_day(export, client_for(broccoli_server), DAY, already_classified=lambda s: s,
@@ -188,12 +198,12 @@ def test_sha1s_the_warehouse_already_classifies_are_skipped(broccoli_server, exp
 
 def test_an_incomplete_or_rewritten_export_is_refused(broccoli_server, export):
     write_vt_export(export, DAY, [[sha1(1)]], manifest=False)
-    with pytest.raises(sidecar.IncompleteExport, match="does not exist: export incomplete"):
+    with pytest.raises(IncompleteExport, match="does not exist: the export is incomplete"):
         classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
 
     [part] = write_vt_export(export, DAY, [[sha1(1)]])
-    export.write_bytes(part["name"], export.read_bytes(part["name"]))  # rewritten after its manifest
-    with pytest.raises(sidecar.IncompleteExport, match="changed since its manifest was written"):
+    export.write_bytes(part.name, export.read_bytes(part.name))  # rewritten after its manifest
+    with pytest.raises(IncompleteExport, match="changed since its manifest was written"):
         classify_day(export, client_for(broccoli_server), DAY, already_classified=NOTHING_CLASSIFIED)
     assert broccoli_server.request_count == 0
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from datetime import UTC, datetime
 
-import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ti_pipeline.core.exports import VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.core import keys
+from ti_pipeline.core.exports import (
+    VT_FILE_REPORTS,
+    VT_FILE_REPORTS_DATASET,
+    ExportPart,
+    Manifest,
+    publish_manifest,
+    write_table_part,
+)
 from ti_pipeline.core.objectstore import ObjectStore
 
 
@@ -18,7 +23,7 @@ def sha1(n: int) -> str:
     return hashlib.sha1(str(n).encode()).hexdigest()
 
 
-def write_vt_export(store: ObjectStore, day: str, parts: list[list[str | None]], *, manifest: bool = True) -> list[dict]:
+def write_vt_export(store: ObjectStore, day: str, parts: list[list[str | None]], *, manifest: bool = True) -> list[ExportPart]:
     """One part per list of SHA1s (None = a row without SHA1); the manifest last, as the exporter does."""
     listed = []
     serial = 0
@@ -38,12 +43,7 @@ def write_vt_export(store: ObjectStore, day: str, parts: list[list[str | None]],
                     "source_package": f"{day.replace('-', '')}T0000",
                 }
             )
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, VT_FILE_REPORTS), buffer)
-        name = part_name("vt_file_reports", day, index)
-        info = store.write_bytes(name, buffer.getvalue())
-        listed.append({"name": name, "rows": len(rows), "generation": info.generation})
+        listed.append(write_table_part(store, VT_FILE_REPORTS_DATASET, day, index, pa.Table.from_pylist(rows, VT_FILE_REPORTS)))
     if manifest:
-        doc = {"parts": listed, "rows": sum(p["rows"] for p in listed)}
-        store.write_bytes(success_name("vt_file_reports", day), orjson.dumps(doc))
+        publish_manifest(store, Manifest(VT_FILE_REPORTS_DATASET, keys.day(day), tuple(listed), sum(p.rows for p in listed)))
     return listed

@@ -1,19 +1,23 @@
-"""Small export partitions written the way issues 3 and 4 write them (schemas from ti_pipeline.core.exports)."""
+"""Small export partitions, written and published through ti_pipeline.core.exports as the exporters do."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from ti_pipeline.core import schema
-from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS, part_name, success_name
+from ti_pipeline.core import keys, schema
+from ti_pipeline.core.exports import (
+    BROCCOLI_CLASSIFICATIONS,
+    BROCCOLI_CLASSIFICATIONS_DATASET,
+    VT_FILE_REPORTS,
+    VT_FILE_REPORTS_DATASET,
+    Manifest,
+    publish_manifest,
+    write_table_part,
+)
 from ti_pipeline.core.objectstore import ObjectStore
 
 
@@ -56,26 +60,22 @@ def classification(n: int, value: str | None, status: int = 200) -> dict:
     }
 
 
-def write_partition(store: ObjectStore, dataset: str, day: str, rows: list[dict], schema: pa.Schema, parts: int = 1) -> dict:
-    """Parquet parts, then the ``_SUCCESS`` manifest listing them (written last)."""
-    listed = []
+def write_partition(store: ObjectStore, dataset: str, day: str, rows: list[dict], schema: pa.Schema, parts: int = 1) -> Manifest:
+    """Parquet parts, then the ``_SUCCESS`` manifest listing them (published last)."""
     size = max(1, -(-len(rows) // parts)) if rows else 1
     chunks = [rows[i : i + size] for i in range(0, len(rows), size)] or [[]]
-    with tempfile.TemporaryDirectory() as tmp:
-        for index, chunk in enumerate(chunks):
-            local = Path(tmp) / f"{index}.parquet"
-            pq.write_table(pa.Table.from_pylist(chunk, schema=schema), local)
-            name = part_name(dataset, day, index)
-            info = store.write_file(name, local)
-            listed.append({"name": name, "rows": len(chunk), "generation": info.generation})
-    manifest = {"parts": listed, "rows": len(rows), "written_at": datetime.now(UTC).isoformat()}
-    store.write_bytes(success_name(dataset, day), json.dumps(manifest).encode())
+    listed = tuple(
+        write_table_part(store, dataset, day, index, pa.Table.from_pylist(chunk, schema=schema))
+        for index, chunk in enumerate(chunks)
+    )
+    manifest = Manifest(dataset, keys.day(day), listed, len(rows))
+    publish_manifest(store, manifest)
     return manifest
 
 
 def write_day(store: ObjectStore, day: str, reports: list[dict], classifications: list[dict], parts: int = 1) -> None:
-    write_partition(store, "vt_file_reports", day, reports, VT_FILE_REPORTS, parts)
-    write_partition(store, "broccoli_classifications", day, classifications, BROCCOLI_CLASSIFICATIONS)
+    write_partition(store, VT_FILE_REPORTS_DATASET, day, reports, VT_FILE_REPORTS, parts)
+    write_partition(store, BROCCOLI_CLASSIFICATIONS_DATASET, day, classifications, BROCCOLI_CLASSIFICATIONS)
 
 
 SNAPSHOT_COLUMNS = [c for c in schema.ioc_file_hashes.c if c.name not in ("created_at", "updated_at")]

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 
 from ti_pipeline.core import schema
 from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS, part_name, success_name
-from ti_pipeline.core.warehouse import MergeRule
 from ti_pipeline.vt_feed.load import IncompleteExport
 from ti_pipeline_tests.vt_feed.load.conftest import EVERYTHING
 from ti_pipeline_tests.vt_feed.load.exportdata import (
@@ -136,7 +135,7 @@ def _store_hacktool_row(warehouse) -> None:
                 "positives": 1, "total": 50, "first_seen": dt("2019-05-01 00:00:00"), "last_seen": dt("2020-10-01 00:00:00"),
             }
         ],
-        MergeRule(newer_column="scan_date"),
+        schema.MERGE_RULES["ioc_file_hashes"],  # as the dump load stores it
     )
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
 from ti_pipeline.core import schema
-from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, part_name, success_name
+from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS
 from ti_pipeline.vt_feed.load import sql
 from ti_pipeline_tests.vt_feed.load.exportdata import (
     classification,
@@ -54,13 +53,7 @@ def good(n: int, **changes) -> dict:
 
 
 def write_wide_day(store, rows: list[dict]) -> None:
-    local = pa.Table.from_pylist(rows, schema=WIDE)
-    name = part_name("vt_file_reports", DAY, 0)
-    sink = pa.BufferOutputStream()
-    pq.write_table(local, sink)
-    info = store.write_bytes(name, sink.getvalue().to_pybytes())
-    manifest = f'{{"parts": [{{"name": "{name}", "rows": {len(rows)}, "generation": {info.generation}}}], "rows": {len(rows)}}}'
-    store.write_bytes(success_name("vt_file_reports", DAY), manifest.encode())
+    write_partition(store, "vt_file_reports", DAY, rows, WIDE)
     write_partition(store, "broccoli_classifications", DAY, [classification(n, "MALWARE") for n in range(len(rows))], BROCCOLI_CLASSIFICATIONS)
 
 
