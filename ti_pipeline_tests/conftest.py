@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ti_pipeline.core import migrations, settings
+# Tests assert how a step fails, not Dagster's retries of it (30 s and more apart); the policy itself is
+# tested in defs/test_policies.py. Set before the code location is imported (subprocesses inherit it).
+os.environ.setdefault("TI_STEP_RETRIES", "0")
+
+from ti_pipeline.core import migrations, settings  # noqa: E402
 from ti_pipeline.core.warehouse import Warehouse
 
 MYSQL_SERVER = settings.resolve("TI_TEST_MYSQL_URL")

@@ -25,12 +25,50 @@ PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 def test_instance_yaml_validates(tmp_path, monkeypatch, source):
     monkeypatch.setenv("DAGSTER_PG_URL", f"{PG_SERVER}/x")
     monkeypatch.setenv("TI_PIPELINE_IMAGE", "ti-pipeline:test")
+    monkeypatch.setenv("TI_COMPUTE_LOGS_BUCKET", "ops-bucket")
+    monkeypatch.setenv("TI_COMPUTE_LOGS_PREFIX", "dagster/compute-logs")
     shutil.copy(ROOT / source, tmp_path / "dagster.yaml")
     config, _ = dagster_instance_config(str(tmp_path))
     assert config["concurrency"]["runs"]["max_concurrent_runs"] >= 4
     assert {"key": "ti_pipeline/heavy", "limit": config["concurrency"]["runs"]["tag_concurrency_limits"][0]["limit"]} \
         == config["concurrency"]["runs"]["tag_concurrency_limits"][0]
     assert config["python_logs"]["managed_python_loggers"] == ["ti_pipeline"]  # retries reach the run's log
+    # A killed or lost run is marked failed, frees its pool slots and is re-run; step failures are the
+    # assets' RetryPolicy's (ti_pipeline/defs/policies.py), not run retries'.
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] and monitoring["max_resume_run_attempts"] == 0
+    assert monitoring["start_timeout_seconds"] > 0 and monitoring["cancel_timeout_seconds"] > 0
+    assert 0 < monitoring["poll_interval_seconds"] <= 120
+    assert monitoring["free_slots_after_run_end_seconds"] > 0
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    # Run monitoring needs a launcher that can tell whether a run worker is alive.
+    launcher = {"dagster.yaml": "ti_pipeline.defs.run_launcher", "deploy/dagster.production.yaml": "dagster_k8s"}
+    assert config["run_launcher"]["module"] == launcher[source]
+    if source == "dagster.yaml":
+        with DagsterInstance.from_config(str(tmp_path)) as instance:
+            assert instance.run_launcher.supports_check_run_worker_health
+            assert instance.run_monitoring_enabled and instance.run_retries_enabled
+
+
+def test_production_keeps_step_logs_in_gcs(monkeypatch):
+    """Run pods' stdout/stderr outlive the pods: the production instance's compute log manager is
+    dagster-gcp's GCSComputeLogManager, its config valid for that class, bucket and prefix from the
+    settings table's names."""
+    from dagster._config import process_config
+    from dagster_gcp.gcs import GCSComputeLogManager
+
+    from ti_pipeline.core.settings import SETTINGS
+
+    monkeypatch.setenv("TI_COMPUTE_LOGS_BUCKET", "ops-bucket")
+    monkeypatch.setenv("TI_COMPUTE_LOGS_PREFIX", "dagster/compute-logs")
+    compute_logs = yaml.safe_load((ROOT / "deploy/dagster.production.yaml").read_text())["compute_logs"]
+    assert (compute_logs["module"], compute_logs["class"]) == ("dagster_gcp.gcs", "GCSComputeLogManager")
+    assert (compute_logs["config"]["bucket"], compute_logs["config"]["prefix"]) == \
+        ({"env": "TI_COMPUTE_LOGS_BUCKET"}, {"env": "TI_COMPUTE_LOGS_PREFIX"})
+    assert {"TI_COMPUTE_LOGS_BUCKET", "TI_COMPUTE_LOGS_PREFIX"} <= SETTINGS.keys()
+    processed = process_config(GCSComputeLogManager.config_type(), compute_logs["config"])
+    assert processed.success, processed.errors
+    assert (processed.value["bucket"], processed.value["prefix"]) == ("ops-bucket", "dagster/compute-logs")
 
 
 @pytest.fixture

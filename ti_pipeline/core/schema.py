@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
+from sqlalchemy.dialects.mysql import DOUBLE as MYSQL_DOUBLE
 from sqlalchemy.dialects.mysql import FLOAT as MYSQL_FLOAT
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
@@ -237,6 +238,37 @@ sync_state = sa.Table(
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("synced_at", DATETIME, nullable=False),
+)
+
+# Who holds an asset partition's lock (``Warehouse.partition_lock``): written by the holder once it
+# has the lock, so a refused run can name it; the lock itself is a named lock (MySQL/TiDB) or a lock
+# file (SQLite), which dies with its run. A killed run's row stays until the next holder replaces it.
+partition_locks = sa.Table(
+    "partition_locks",
+    metadata,
+    sa.Column("asset", sa.String(128), primary_key=True),
+    sa.Column("partition_key", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("acquired_at", DATETIME, nullable=False),
+)
+
+# A request budget shared by every run and process (Malpedia's quota; ``threat_actors/budget.py``):
+# one row per service (its ``hold_until``, and the row every reservation locks first) and the start
+# times of the requests reserved within the longest window, as seconds since the epoch.
+EPOCH_SECONDS = sa.Double().with_variant(MYSQL_DOUBLE(asdecimal=False), "mysql", "mariadb")
+request_budgets = sa.Table(
+    "request_budgets",
+    metadata,
+    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("hold_until", EPOCH_SECONDS, nullable=False),
+)
+request_budget_starts = sa.Table(
+    "request_budget_starts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("started_at", EPOCH_SECONDS, nullable=False),
+    sa.Index("ix_request_budget_starts_service_started_at", "service", "started_at"),
 )
 
 # Inputs that could not be used, with where they came from and why.

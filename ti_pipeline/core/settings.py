@@ -92,6 +92,11 @@ _TABLE = (
             "(resource `vt_feed`)", UnderDataDir("vt_feed", "file_uri"), example="`gs://vt-file-feeder-by-date`"),
     Setting("TI_EXPORT_URI", "url", "where the pipeline writes Parquet, `{root}/{dataset}/date=YYYY-MM-DD/` "
             "(resource `export_store`)", UnderDataDir("export", "file_uri"), example="`gs://<export-bucket>`"),
+    Setting("TI_STEP_RETRIES", "int", "how many times Dagster retries a failed asset step (30 s, 90 s, 210 s apart, "
+            "+/- 30 s); 0 turns step retries off", 3, example="the default"),
+    Setting("TI_VT_FRESHNESS_DEADLINE_CRON", "str", "cron (UTC) by which the day two days back (D-2) of "
+            "`vt_feed/vt_file_reports` and `vt_feed/ioc_file_hashes` must be materialized, else their freshness "
+            "check fails", "0 6 * * *", example="the default (the export starts at 02:00 UTC)"),
     Setting("TI_BROCCOLI_URI", "url", "prefix of Broccoli's per-SHA1 classification objects, `{prefix}/{sha1}`: "
             "`gs://` (GCS JSON API), `http(s)://` or `file://` (resource `broccoli`)", UnderDataDir("broccoli", "file_uri"),
             example="`gs://broccoli-enricher/latest-reports`"),
@@ -128,10 +133,21 @@ _TABLE = (
     Setting("TI_TIDB_STATUS_PORT", "int", "TiDB status port, for Lightning's `[tidb]` section", 10080,
             example="`10080`"),
     Setting("TI_TIDB_PD_ADDR", "str", "PD address, for Lightning's `[tidb]` section", example="`pd-0.internal:2379`"),
+    Setting("TI_CODE_REPOSITORY_URL", "url", "GitHub or GitLab URL of this repository: each asset's code reference "
+            "links to its file there", Rule("unset: references are local file paths"),
+            example="`https://github.com/<org>/ti_pipeline`"),
+    Setting("TI_CODE_REPOSITORY_BRANCH", "str", "branch (or tag) the code references link to", "main",
+            example="the deployed release tag"),
+    Setting("TI_CODE_REPOSITORY_PATH", "str", "folder of this project inside that repository",
+            Rule("the repository's root"), example="`pipelines/ti_pipeline`"),
     Setting("DAGSTER_PG_URL", "url", "Postgres storage of the production instance, a `postgresql+psycopg2://` URL "
             "(deploy/dagster.production.yaml)", secret=True, scope="dagster", example="a secret from the environment"),
     Setting("TI_PIPELINE_IMAGE", "str", "image of the run pods the K8s run launcher starts "
             "(deploy/dagster.production.yaml)", scope="dagster", example="`registry/ti-pipeline:<version>`"),
+    Setting("TI_COMPUTE_LOGS_BUCKET", "str", "GCS bucket the production instance keeps every step's stdout/stderr in "
+            "(`GCSComputeLogManager`, deploy/dagster.production.yaml)", scope="dagster", example="`<ops-bucket>`"),
+    Setting("TI_COMPUTE_LOGS_PREFIX", "str", "object prefix of those logs in the bucket "
+            "(deploy/dagster.production.yaml)", scope="dagster", example="`dagster/compute-logs`"),
     Setting("TI_CELERY_BROKER", "url", "Celery broker of the workers (deploy/celery.yaml)", secret=True,
             scope="dagster", example="`redis://redis:6379/0`"),
     Setting("TI_CELERY_BACKEND", "url", "Celery result backend (deploy/celery.yaml)", secret=True, scope="dagster",
@@ -140,7 +156,7 @@ _TABLE = (
             Rule("`make`: `$TI_DATA_DIR/dagster_home`; unset: the demo uses an ephemeral instance"),
             scope="dagster", example="set by the deployment"),
     Setting("TI_FAILPOINTS", "list", "comma-separated `name=kill[@N]`: the process SIGKILLs itself the N-th time it "
-            "passes the named point (`sage.block_written`, `vt_export.package_decompressed`, "
+            "passes the named point (`name=stop[@N]`: SIGSTOPs itself there) (`sage.block_written`, `vt_export.package_decompressed`, "
             "`vt_export.part_written`, `load.merge_chunk`)", scope="tests", example="unset in production"),
     Setting("STORAGE_EMULATOR_HOST", "url", "GCS emulator endpoint; `gs://` stores then use anonymous credentials",
             scope="tests", example="unset"),

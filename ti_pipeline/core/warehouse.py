@@ -8,9 +8,18 @@ re-applying an upsert batch is harmless, so a retry can never double a row.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from itertools import islice
+from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
@@ -21,11 +30,18 @@ from ti_pipeline.core.retry import Backoff, retry_call
 from ti_pipeline.core.schema import MergeRule
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BATCH_ROWS = 500
 WRITE_RETRIES = Backoff(attempts=6, base=0.5, cap=30.0)
 ALWAYS_REPLACE = MergeRule()
 """The rule of a plain upsert: an incoming row replaces the stored one."""
+# MySQL and TiDB refuse a longer named-lock name.
+LOCK_NAME_CHARS = 64
+
+
+class PartitionBusy(RuntimeError):
+    """Another run holds the lock of the asset partition this run was about to materialize."""
 
 
 def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[list[dict]]:
@@ -94,6 +110,103 @@ class Warehouse:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @contextmanager
+    def partition_lock(self, asset: str, partition: str, *, holder: str, wait_seconds: float = 0.0) -> Iterator[None]:
+        """Hold the lock of one asset partition (``sage_dump/ioc_file_hashes`` ``r01``) while it is
+        materialized: one run at a time writes a partition's rows, quarantine and files.
+
+        TiDB/MySQL/MariaDB: a named lock (``GET_LOCK``) held by a connection of its own; SQLite: an
+        ``flock`` on a file beside the database. Both die with the process, so a killed run never
+        leaves its partition locked. ``holder`` (a run id) is recorded in ``partition_locks`` so a
+        refused run can name it. Raises ``PartitionBusy`` when another holder keeps the lock for
+        ``wait_seconds`` (0: refuse at once; TiDB waits at least a second).
+        """
+        lock = self._flock if self.dialect == "sqlite" else self._named_lock
+        with lock(asset, partition, wait_seconds) as got:
+            if not got:
+                raise PartitionBusy(
+                    f"{asset} {partition} is being materialized by another run ({self._holder_of(asset, partition)}); "
+                    "this run stops without changes"
+                )
+            self._record_holder(asset, partition, holder)
+            try:
+                yield
+            finally:
+                try:
+                    self._record_holder(asset, partition, None)
+                except sa.exc.SQLAlchemyError as exc:  # the lock goes anyway; the next holder replaces the row
+                    log.warning(f"could not clear the holder of {asset} {partition}: {driver_error(exc)}")
+
+    @contextmanager
+    def _named_lock(self, asset: str, partition: str, wait_seconds: float) -> Iterator[bool]:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # Named locks are server-wide: the database's name keeps two warehouses on one server apart.
+            database = conn.execute(sa.text("SELECT DATABASE()")).scalar()
+            name = lock_name(f"{database}:{asset}:{partition}")
+            timeout = max(0, round(wait_seconds))
+            if conn.execute(sa.select(sa.func.get_lock(name, timeout))).scalar() != 1:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                try:
+                    conn.execute(sa.select(sa.func.release_lock(name)))
+                except sa.exc.DBAPIError:
+                    pass  # the session is gone, and its lock with it
+
+    @contextmanager
+    def _flock(self, asset: str, partition: str, wait_seconds: float) -> Iterator[bool]:
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            raise ValueError(f"the embedded warehouse needs a file, not {self.url!r}")
+        folder = Path(f"{database}-locks")
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', f'{asset}.{partition}')}.lock"
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            try:  # the file may have been removed by its last holder between our open and our lock
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)  # before the unlock: a waiter that locks the old file retries
+            os.close(fd)
+
+    def _record_holder(self, asset: str, partition: str, holder: str | None) -> None:
+        t = schema.partition_locks
+        where = (t.c.asset == asset, t.c.partition_key == partition)
+
+        def record(conn: sa.Connection) -> None:
+            conn.execute(t.delete().where(*where))
+            if holder is not None:
+                conn.execute(t.insert().values(asset=asset, partition_key=partition, holder=holder[:255],
+                                               acquired_at=datetime.now(UTC).replace(tzinfo=None, microsecond=0)))
+
+        self._with_retry(record)
+
+    def _holder_of(self, asset: str, partition: str) -> str:
+        t = schema.partition_locks
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.c.holder, t.c.acquired_at).where(
+                t.c.asset == asset, t.c.partition_key == partition)).first()
+        return f"{row.holder}, since {row.acquired_at:%Y-%m-%d %H:%M:%S} UTC" if row else "holder not recorded yet"
+
     def _upsert_statement(self, table: sa.Table, columns: tuple[str, ...], rule: MergeRule) -> sa.Executable:
         key = (table.name, rule, columns)
         if key in self._statements:
@@ -160,12 +273,27 @@ class Warehouse:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
 
-    def _with_retry(self, work: Callable[[sa.Connection], object]) -> None:
-        def transaction() -> None:
+    def transaction(self, work: Callable[[sa.Connection], T]) -> T:
+        """``work`` in one transaction, retried whole on a dropped connection or a deadlock."""
+        def transaction() -> T:
             with self.engine.begin() as conn:
-                work(conn)
+                return work(conn)
 
-        retry_call(transaction, WRITE_RETRIES, what="warehouse write", retry_on=is_transient, describe=driver_error, logger=log)
+        return retry_call(transaction, WRITE_RETRIES, what="warehouse write", retry_on=is_transient, describe=driver_error,
+                          logger=log)
+
+    def _with_retry(self, work: Callable[[sa.Connection], object]) -> None:
+        self.transaction(work)
+
+
+def lock_name(key: str) -> str:
+    """A named-lock name for ``key``: ``ti:`` and the key, or, when longer than MySQL's 64
+    characters, its start and a digest of the whole."""
+    name = f"ti:{key}"
+    if len(name) <= LOCK_NAME_CHARS:
+        return name
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return f"{name[:LOCK_NAME_CHARS - len(digest) - 1]}~{digest}"
 
 
 def is_transient(exc: Exception) -> bool:

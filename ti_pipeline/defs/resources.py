@@ -9,16 +9,19 @@ reach a resource only as ``EnvVar`` and are never logged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import AssetKey, ConfigurableResource, EnvVar
 from pydantic import PrivateAttr
 
 from ti_pipeline.core import settings
 from ti_pipeline.core.objectstore import ObjectStore, open_store
 from ti_pipeline.core.values import ImportPolicy
-from ti_pipeline.core.warehouse import Warehouse
+from ti_pipeline.core.warehouse import PartitionBusy, Warehouse
 from ti_pipeline.defs.config import fields_of, options_from
+from ti_pipeline.defs.policies import no_retry
 from ti_pipeline.vt_feed.load import LoadSettings
 
 
@@ -46,12 +49,29 @@ class WarehouseResource(ConfigurableResource):
 
     def get(self) -> Warehouse:
         if self._warehouse is None:
-            self._warehouse = Warehouse(settings.resolve("TI_WAREHOUSE_URL", self.url), batch_rows=self.batch_rows)
-            self._warehouse.ensure_schema()
+            from ti_pipeline.core.migrations import SchemaOutOfDate  # Alembic: only where a warehouse opens
+
+            warehouse = Warehouse(settings.resolve("TI_WAREHOUSE_URL", self.url), batch_rows=self.batch_rows)
+            try:
+                warehouse.ensure_schema()
+            except SchemaOutOfDate as exc:  # `ti-pipeline migrate` first; a retry would fail the same way
+                raise no_retry(str(exc)) from None
+            self._warehouse = warehouse
         return self._warehouse
 
     def import_policy(self) -> ImportPolicy:
         return ImportPolicy.parse(settings.text("TI_IMPORT_CLASSIFICATIONS", self.import_classifications))
+
+    @contextmanager
+    def partition_lock(self, asset_key: AssetKey, partition_key: str, run_id: str) -> Iterator[Warehouse]:
+        """Hold ``Warehouse.partition_lock`` of one asset partition for this run; another run holding
+        it fails the step at once, not retried (it would only meet the same holder)."""
+        warehouse = self.get()
+        try:
+            with warehouse.partition_lock(asset_key.to_user_string(), partition_key, holder=f"run {run_id}"):
+                yield warehouse
+        except PartitionBusy as exc:
+            raise no_retry(str(exc)) from None
 
 
 class ObjectStoreResource(ConfigurableResource):
@@ -108,21 +128,24 @@ class MalpediaResource(ConfigurableResource):
     max_families_bytes: int = 33_554_432
     """The same for ``/get/families``, one document of every family (2.8 MB in the shipped snapshot)."""
 
-    def budget(self):
-        from ti_pipeline.threat_actors.budget import RequestBudget
+    def budget(self, warehouse: Warehouse | None = None):
+        """The request budget: with ``warehouse``, the one every run and process on it shares
+        (``SharedRequestBudget``); without, this process's own."""
+        from ti_pipeline.threat_actors.budget import RequestBudget, SharedRequestBudget
 
         per_minute = settings.integer("TI_MALPEDIA_REQUESTS_PER_MINUTE", self.requests_per_minute)
         per_hour = settings.integer("TI_MALPEDIA_REQUESTS_PER_HOUR", self.requests_per_hour)
-        return RequestBudget([(per_minute, 60.0), (per_hour, 3600.0)])
+        limits = [(per_minute, 60.0), (per_hour, 3600.0)]
+        return RequestBudget(limits) if warehouse is None else SharedRequestBudget(warehouse, limits=limits)
 
-    def client(self):
+    def client(self, warehouse: Warehouse | None = None):
         """A new client (use it as ``async with``); the token only ever goes into its request header."""
         from ti_pipeline.threat_actors.client import MalpediaClient
 
         return MalpediaClient(
             settings.resolve("TI_MALPEDIA_URL", self.url),
             token=self.token,
-            budget=self.budget(),
+            budget=self.budget(warehouse),
             max_retries=self.max_retries,
             backoff_base=self.backoff_base_seconds,
             max_retry_wait=self.max_retry_wait_seconds,

@@ -13,7 +13,6 @@ from dagster import (
     AssetSelection,
     AssetSpec,
     Definitions,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -28,8 +27,17 @@ from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import Warehouse
 from ti_pipeline.defs.config import fields_of, options_from
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
-from ti_pipeline.defs.metadata import Progress, accounting_metadata, reconcile_check, sample_table
+from ti_pipeline.defs.metadata import (
+    OWNERS,
+    TABLE_KINDS,
+    Progress,
+    accounting_metadata,
+    reconcile_check,
+    sample_table,
+    table_asset_metadata,
+)
 from ti_pipeline.defs.partitions import dump_shards
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY, no_retry
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.sage_dump import layout
 from ti_pipeline.sage_dump.load import TABLES, DumpOptions, load_dump_file, rule_context
@@ -67,7 +75,7 @@ def dump_files(store: ObjectStore, shards: Iterable[str], collection: str, templ
     try:
         return [f for shard in shards if (f := layout.find_dump_file(store, shard, collection, template)) is not None]
     except layout.LayoutError as exc:
-        raise Failure(str(exc)) from None
+        raise no_retry(str(exc)) from None
 
 
 def load_collection(
@@ -90,7 +98,7 @@ def load_collection(
     files = dump_files(store, shards, collection, template)
     if not files:
         looked = ", ".join(folder for shard in shards for folder in layout.looked_in(shard, template))
-        raise Failure(
+        raise no_retry(
             f"no {collection}.bson(.gz) under {store.uri} for shard(s) {', '.join(shards)} (looked in {looked})"
         )
     asset_name = asset_key.to_user_string()
@@ -124,7 +132,7 @@ def import_policy(warehouse: WarehouseResource) -> ImportPolicy:
     try:
         return warehouse.import_policy()
     except ValueError as exc:
-        raise Failure(str(exc)) from None
+        raise no_retry(str(exc)) from None
 
 
 SAMPLE_COLUMNS = {
@@ -174,10 +182,12 @@ def _shard_asset(key: AssetKey, collection: str, description: str):
         description=description,
         check_specs=_checks(key),
         pool="warehouse_writes",
+        retry_policy=ASSET_RETRY_POLICY,
         tags={"ti_pipeline/heavy": "bson_decode"},
-        metadata={"dagster/table_name": name, "source_collection": collection,
+        metadata={**table_asset_metadata(TABLES[name]), "source_collection": collection,
                   **({"feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"} if key == IOC_FILE_HASHES_KEY else {})},
-        kinds={"python", "sql"},
+        kinds=TABLE_KINDS,
+        owners=OWNERS,
     )
     def _asset(
         context: AssetExecutionContext,
@@ -186,13 +196,15 @@ def _shard_asset(key: AssetKey, collection: str, description: str):
         sage_dump: ObjectStoreResource,
     ):
         shard = keys.shard(context.partition_key)
-        wh, store, policy = warehouse.get(), sage_dump.get(), import_policy(warehouse)
-        load = load_collection(
-            context, store, wh, config,
-            collection=collection, shards=[shard], asset_key=key, partition_key=shard, policy=policy,
-        )
+        store, policy = sage_dump.get(), import_policy(warehouse)
+        # One run at a time per shard: two would clear and refill the same quarantine.
+        with warehouse.partition_lock(key, shard, context.run_id) as wh:
+            load = load_collection(
+                context, store, wh, config,
+                collection=collection, shards=[shard], asset_key=key, partition_key=shard, policy=policy,
+            )
         extra = {"shard": shard, **load.file_metadata(store),
-                 "sample_rows": MetadataValue.md(sample_table(sample_rows(wh, name)))}
+                 "sample_rows": sample_table(sample_rows(wh, name), TABLES[name])}
         if collection == "file_rep":
             extra["import_classifications"] = MetadataValue.text(policy.text())
         yield MaterializeResult(asset_key=key, metadata=accounting_metadata(load.accounting, extra))
@@ -222,19 +234,22 @@ ioc_domains = _shard_asset(
             IOC_TOKENS_KEY,
             group_name=DOMAIN,
             description="Curated tokens (TOKENS, from every shard that holds it). DOMAIN tokens also overlay ioc_domains.",
-            metadata={"dagster/table_name": "ioc_tokens"},
-            kinds={"python", "sql"},
+            metadata=table_asset_metadata(schema.ioc_tokens),
+            kinds=TABLE_KINDS,
+            owners=OWNERS,
         ),
         AssetSpec(
             IOC_IPS_KEY,
             group_name=DOMAIN,
             description="IP reputation from IPv4 tokens (sinkholes are not imported: rule team decision).",
-            metadata={"dagster/table_name": "ioc_ips"},
-            kinds={"python", "sql"},
+            metadata=table_asset_metadata(schema.ioc_ips),
+            kinds=TABLE_KINDS,
+            owners=OWNERS,
         ),
     ],
     check_specs=_checks(IOC_TOKENS_KEY) + _checks(IOC_IPS_KEY)[1:],
     pool="warehouse_writes",
+    retry_policy=ASSET_RETRY_POLICY,
 )
 def ioc_tokens(
     context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource
@@ -260,8 +275,10 @@ def ioc_tokens(
     description="Extension types for double-extension detection (FILE_EXTENSION_CLASSIFICATION, from every shard that holds it).",
     check_specs=[_checks(FILE_EXTENSION_CLASSIFICATION_KEY)[0]],
     pool="warehouse_writes",
-    metadata={"dagster/table_name": "file_extension_classification"},
-    kinds={"python", "sql"},
+    retry_policy=ASSET_RETRY_POLICY,
+    metadata=table_asset_metadata(schema.file_extension_classification),
+    kinds=TABLE_KINDS,
+    owners=OWNERS,
 )
 def file_extension_classification(
     context: AssetExecutionContext, config: SageDumpConfig, warehouse: WarehouseResource, sage_dump: ObjectStoreResource

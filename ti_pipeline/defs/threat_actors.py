@@ -21,7 +21,14 @@ from dagster import (
 
 from ti_pipeline.core import schema
 from ti_pipeline.defs.jobs import JobSpec
-from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
+from ti_pipeline.defs.metadata import (
+    OWNERS,
+    TABLE_KINDS,
+    accounting_metadata,
+    reconcile_check,
+    table_asset_metadata,
+)
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY
 from ti_pipeline.defs.resources import MalpediaResource, WarehouseResource
 from ti_pipeline.threat_actors.attack import AttackCatalog
 from ti_pipeline.threat_actors.client import MalpediaError
@@ -89,15 +96,17 @@ def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
             THREAT_ACTORS_KEY,
             group_name=DOMAIN,
             description="Malpedia threat actors; vanished actors are marked removed, never deleted.",
-            metadata={"dagster/table_name": "threat_actors"},
-            kinds={"python", "sql"},
+            metadata=table_asset_metadata(schema.threat_actors),
+            kinds=TABLE_KINDS,
+            owners=OWNERS,
         ),
         AssetSpec(
             MALWARE_FAMILIES_KEY,
             group_name=DOMAIN,
             description="Malpedia malware families (names, attribution, references).",
-            metadata={"dagster/table_name": "malware_families"},
-            kinds={"python", "sql"},
+            metadata=table_asset_metadata(schema.malware_families),
+            kinds=TABLE_KINDS,
+            owners=OWNERS,
         ),
     ],
     check_specs=[
@@ -106,6 +115,7 @@ def table_metadata(report: SyncReport, table: TableSync) -> dict[str, object]:
     ],
     name="malpedia_sync",
     pool="warehouse_writes",
+    retry_policy=ASSET_RETRY_POLICY,
 )
 def malpedia_sync(
     context: AssetExecutionContext,
@@ -117,7 +127,7 @@ def malpedia_sync(
     wh = warehouse.get()
 
     async def run() -> SyncReport:
-        async with malpedia.client() as api:
+        async with malpedia.client(wh) as api:  # the budget every run on this warehouse shares
             return await sync_malpedia(api, wh, force=config.force, concurrency=malpedia.concurrency)
 
     try:
@@ -147,8 +157,10 @@ def malpedia_sync(
     description="MITRE ATT&CK techniques per actor (shipped ATT&CK data), re-matched only for changed actors.",
     check_specs=[AssetCheckSpec("counts_reconcile", asset=ACTOR_TECHNIQUES_KEY, description="read = written + filtered + rejected")],
     pool="warehouse_writes",
-    metadata={"dagster/table_name": "actor_techniques"},
-    kinds={"python", "sql"},
+    retry_policy=ASSET_RETRY_POLICY,
+    metadata=table_asset_metadata(schema.actor_techniques),
+    kinds=TABLE_KINDS,
+    owners=OWNERS,
 )
 def actor_techniques(context: AssetExecutionContext, config: ActorTechniquesConfig, warehouse: WarehouseResource):
     wh = warehouse.get()

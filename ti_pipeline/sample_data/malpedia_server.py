@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ class LocalMalpediaServer:
         self.snapshot = snapshot
         self.host, self.port, self.token = host, port, token
         self.requests: list[str] = []
+        self.request_times: list[float] = []
+        """When each request arrived (``time.time()``), for tests of the request budget."""
         self._failures: deque[InjectedFailure] = deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -57,6 +60,7 @@ class LocalMalpediaServer:
     def clear_log(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.request_times.clear()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -71,6 +75,7 @@ class LocalMalpediaServer:
     async def _middleware(self, request: web.Request, handler):
         with self._lock:
             self.requests.append(request.path)
+            self.request_times.append(time.time())
             failure = next((f for f in self._failures if f.path == request.path), None)
             if failure is not None:
                 self._failures.remove(failure)

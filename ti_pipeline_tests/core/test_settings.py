@@ -112,6 +112,10 @@ def test_resources_take_every_set_pipeline_name_as_an_env_var(data_dir, monkeypa
 
     assert _env_vars(build_resources()) == set()
     not_in_resources = {"TI_DATA_DIR", "TI_SAGE_SHARD_DIR"}  # the defaults' root; the dump assets' run config
+    not_in_resources.add("TI_VT_FRESHNESS_DEADLINE_CRON")  # read once when the code location loads (a check's deadline)
+    not_in_resources.add("TI_STEP_RETRIES")  # read once when the code location loads (the assets' retry policy)
+    # read once when the code location loads: where the assets' code references link to
+    not_in_resources |= {"TI_CODE_REPOSITORY_URL", "TI_CODE_REPOSITORY_BRANCH", "TI_CODE_REPOSITORY_PATH"}
     names = {s.name for s in SETTINGS.values() if s.scope == "pipeline"} - not_in_resources
     for name in names:
         monkeypatch.setenv(name, "1" if SETTINGS[name].kind == "int" else f"value-of-{name}")

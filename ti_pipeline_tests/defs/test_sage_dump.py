@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 import bson
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, TableRecord, materialize
 
 from ti_pipeline.core import migrations, schema
 from ti_pipeline.core.objectstore import LocalStore, ObjectStore, open_store
 from ti_pipeline.defs import sage_dump
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
+from ti_pipeline.defs.sage_dump import SAMPLE_COLUMNS
 from ti_pipeline.sage_dump import layout
 from ti_pipeline.sample_data.sage import dump_name, write_dump_file, write_sage_dump
 
@@ -122,9 +123,22 @@ def test_file_rep_partition_loads_rows_and_quarantines_bad_input(tmp_path, migra
         assert balance(meta) == {"read": 6, "written": 2, "filtered": 1, "rejected": 3, "unaccounted": 0}
         assert meta["filtered.response_code_not_1"] == 1
         assert meta["classification.MALWARE"] == 2
-        assert f"{1:064x}" in meta["sample_rows"] and f"{2:064x}" in meta["sample_rows"]
-        assert "| rejected: torn_document | 1 |" in meta["where_records_went"]
-        assert "| MALWARE | 2 |" in meta["classification_mix"]
+        assert meta["sample_rows"].records == [
+            TableRecord({"sha256": f"{1:064x}", "classification": "MALWARE", "positives": 5, "total": 70,
+                         "scan_date": "2020-10-01 00:00:00", "detection_names": "E1:Mal.1"}),
+            TableRecord({"sha256": f"{2:064x}", "classification": "MALWARE", "positives": 5, "total": 70,
+                         "scan_date": "2020-10-02 00:00:00", "detection_names": "E1:Mal.2"}),
+        ]
+        assert [c.name for c in meta["sample_rows"].schema.columns] == list(SAMPLE_COLUMNS["ioc_file_hashes"])
+        assert meta["where_records_went"].records == [
+            TableRecord({"outcome": "written", "count": 2, "bar": "█" * 40}),
+            TableRecord({"outcome": "filtered: response_code_not_1", "count": 1, "bar": "█" * 20}),
+            TableRecord({"outcome": "rejected: undecodable_document", "count": 1, "bar": "█" * 20}),
+            TableRecord({"outcome": "rejected: invalid_sha256", "count": 1, "bar": "█" * 20}),
+            TableRecord({"outcome": "rejected: torn_document", "count": 1, "bar": "█" * 20}),
+        ]
+        assert meta["classification_mix"].records == [
+            TableRecord({"classification": "MALWARE", "count": 2, "bar": "█" * 40})]
         assert meta["rejected.invalid_sha256"] == meta["rejected.undecodable_document"] == meta["rejected.torn_document"] == 1
         assert meta["files_read"] == store.url_of("cr-mongo-shard-r01.cybereason.net/cybereason/file_rep.bson")
         assert meta["files_ignored"] == "none"

@@ -156,7 +156,8 @@ class LocalReference:
 
                 spec, tags, ops = RUNS[runs[-1]]
                 # The local job, built from the same spec as its Celery variant, on this directory.
-                local = Definitions(assets=list(defs.assets), jobs=[spec.build()], resources=build_resources())
+                local = Definitions(assets=list(defs.assets), asset_checks=list(defs.asset_checks),
+                                    jobs=[spec.build()], resources=build_resources())
                 with DagsterInstance.ephemeral() as instance:
                     result = local.resolve_job_def(spec.name).execute_in_process(
                         run_config=run_config(ops), tags=tags, instance=instance

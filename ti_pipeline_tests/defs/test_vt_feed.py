@@ -7,8 +7,9 @@ import sqlalchemy as sa
 from dagster import AssetCheckSeverity, AssetKey, BackfillPolicy, DagsterInstance, materialize
 
 from ti_pipeline.core import schema
-from ti_pipeline.core.exports import Manifest, require_export
+from ti_pipeline.core.exports import VT_FILE_REPORTS, Manifest, require_export
 from ti_pipeline.core.objectstore import LocalStore
+from ti_pipeline.defs.metadata import column_schema
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.export import vt_file_reports
 from ti_pipeline.sample_data.vt import SAMPLE_DAYS, write_vt_feed
@@ -64,9 +65,14 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     assert (meta["packages_found"], meta["packages_missing"], meta["packages_corrupt"]) == (4, 1436, 1)
     assert (meta["rejected.corrupt_package"], meta["rejected.malformed_json"], meta["filtered.not_found"]) == (1, 2, 2)
     hourly = meta["kept_reports_by_scan_hour[2020-11-02]"]
-    assert sum(int(line.split("|")[2].replace(",", "")) for line in hourly.splitlines()[2:]) == manifest.rows
+    assert [c.name for c in hourly.schema.columns] == ["UTC hour", "count", "bar"]
+    assert sum(r.data["count"] for r in hourly.records) == manifest.rows
     first = pq.read_table(tmp_path / "export" / manifest.parts[0].name).slice(0, 1).to_pylist()[0]
-    assert first["sha256"].hex() in meta["sample_rows[2020-11-02]"]
+    sample = meta["sample_rows[2020-11-02]"]
+    assert sample.schema == column_schema(VT_FILE_REPORTS)  # the export's columns, typed as the Parquet schema
+    assert {k: sample.records[0].data[k] for k in ("sha256", "positives", "total", "source_package")} == \
+        {"sha256": first["sha256"].hex(), "positives": first["positives"], "total": first["total"],
+         "source_package": first["source_package"]}
     assert meta["unaccounted"] == 0
     assert (meta["objects_not_read"], meta["objects_not_read_names"]) == (0, "none")
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
@@ -125,11 +131,20 @@ def test_a_partition_range_in_one_run(tmp_path: Path, sqlite_url: str):
     export = LocalStore(tmp_path / "export")
     manifests = [manifest_of(export, day) for day in SAMPLE_DAYS]
     assert all(m.rows > 0 for m in manifests)
+    # One materialization per day, in order, each with that day's own figures, chart and sample rows.
     materializations = result.asset_materializations_for_node("vt_feed__vt_file_reports")
-    assert sorted(m.partition for m in materializations) == list(SAMPLE_DAYS)
-    meta = {k: v.value for k, v in materializations[0].metadata.items()}
-    assert meta["written"] == sum(m.rows for m in manifests)
-    assert (meta["packages_expected"], meta["packages_found"], meta["packages_corrupt"]) == (3 * 1440, 12, 1)
+    assert [m.partition for m in materializations] == list(SAMPLE_DAYS)
+    for m, manifest, day in zip(materializations, manifests, SAMPLE_DAYS, strict=True):
+        meta = {k: v.value for k, v in m.metadata.items()}
+        assert meta["written"] == meta["dagster/row_count"] == manifest.rows
+        assert meta["read"] == manifest.details["accounting"]["read"]
+        assert (meta["packages_expected"], meta["packages_found"], meta["partitions"]) == (1440, 4, day)
+        assert {f"kept_reports_by_scan_hour[{day}]", f"sample_rows[{day}]"} <= set(meta)
+        assert meta["run_partitions"] == ", ".join(SAMPLE_DAYS)
+    assert [m.metadata["packages_corrupt"].value for m in materializations] == [0, 1, 0]
+    # The checks too, one evaluation per day and check, each for its partition.
+    checks = sorted((c.partition, c.check_name) for c in result.get_asset_check_evaluations())
+    assert checks == sorted((day, name) for day in SAMPLE_DAYS for name in ("counts_reconcile", "packages_corrupt"))
     assert instance.get_materialized_partitions(KEY) == set(SAMPLE_DAYS)
     for day in SAMPLE_DAYS:
         assert quarantine_reasons(sqlite_url, day)[:1] == ["malformed_json"]

@@ -5,10 +5,18 @@ what a forced run names), then decrypt, parse and record one submission at a tim
 the payload cap; ``submissions.ledger`` writes its rows before its ledger entry).
 """
 
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, asset
+from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
 
+from ti_pipeline.core import schema
 from ti_pipeline.core.accounting import Accounting
-from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
+from ti_pipeline.defs.metadata import (
+    OWNERS,
+    TABLE_KINDS,
+    accounting_metadata,
+    reconcile_check,
+    table_asset_metadata,
+)
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY, no_retry
 from ti_pipeline.defs.resources import ObjectStoreResource, PrivateKeyFileResource, WarehouseResource
 from ti_pipeline.submissions import lake
 from ti_pipeline.submissions.crypto import KeyFileError
@@ -69,8 +77,10 @@ def _count_submission(acc: Accounting, states: dict[str, int], outcome: Outcome)
         ),
     ],
     pool="warehouse_writes",
-    metadata={"dagster/table_name": "customer_ioc", "ledger_table": "submission_ledger"},
-    kinds={"python", "sql"},
+    retry_policy=ASSET_RETRY_POLICY,
+    metadata={**table_asset_metadata(schema.customer_ioc), "ledger_table": schema.submission_ledger.name},
+    kinds=TABLE_KINDS,
+    owners=OWNERS,
 )
 def customer_ioc(
     context: AssetExecutionContext,
@@ -99,7 +109,7 @@ def customer_ioc(
             try:
                 key = submissions_private_key.load()
             except KeyFileError as exc:
-                raise Failure(str(exc)) from None
+                raise no_retry(str(exc)) from None
         return key
 
     rows, submissions = Accounting(), Accounting()

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
+    AssetCheckKey,
     AssetSelection,
     RunRequest,
     ScheduleEvaluationContext,
@@ -21,16 +22,19 @@ from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
 from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY
 from ti_pipeline.vt_feed.load.landing import Mark, list_landed, plan
 
+# The freshness checks (freshness.py) run from their own sensor, not inside the runs they judge.
+FRESHNESS_CHECK_NAME = "freshness_check"
 VT_FILE_REPORTS = JobSpec(
     "vt_file_reports_job",
-    AssetSelection.assets(VT_FILE_REPORTS_KEY),
+    AssetSelection.assets(VT_FILE_REPORTS_KEY) - AssetSelection.checks(AssetCheckKey(VT_FILE_REPORTS_KEY, FRESHNESS_CHECK_NAME)),
     "One VT feed day (or a range of days) to the vt_file_reports Parquet partition.",
     {HEAVY_TAG: "vt_decompress"},
 )
 # What the vt_parquet_landed sensor starts for a day: the Broccoli sidecar, then the load that needs it.
 VT_LOAD = JobSpec(
     "vt_load_job",
-    AssetSelection.assets(BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY),
+    AssetSelection.assets(BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY)
+    - AssetSelection.checks(AssetCheckKey(VT_IOC_FILE_HASHES_KEY, FRESHNESS_CHECK_NAME)),
     "One exported VT day: its Broccoli classification sidecar, then the merge into ioc_file_hashes.",
 )
 vt_file_reports_job = VT_FILE_REPORTS.build()

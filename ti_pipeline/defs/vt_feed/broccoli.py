@@ -11,10 +11,22 @@ from dagster import (
 )
 
 from ti_pipeline.core import keys
-from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS_DATASET, IncompleteExport, partition_prefix
+from ti_pipeline.core.exports import (
+    BROCCOLI_CLASSIFICATIONS,
+    BROCCOLI_CLASSIFICATIONS_DATASET,
+    IncompleteExport,
+    partition_prefix,
+)
 from ti_pipeline.defs.config import fields_of, options_from
-from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
+from ti_pipeline.defs.metadata import (
+    EXPORT_KINDS,
+    OWNERS,
+    accounting_metadata,
+    export_asset_metadata,
+    reconcile_check,
+)
 from ti_pipeline.defs.partitions import vt_days
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY
 from ti_pipeline.defs.resources import BroccoliResource, ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.export import DOMAIN, VT_FILE_REPORTS_KEY
 from ti_pipeline.vt_feed.broccoli.pipeline import UNKNOWN_LABELS_LISTED, DayOptions, DayResult, classify_day
@@ -49,14 +61,16 @@ def _metadata(result: DayResult, day: str, export_uri: str, broccoli_uri: str) -
     group_name=DOMAIN,
     partitions_def=vt_days,
     deps=[VT_FILE_REPORTS_KEY],
+    retry_policy=ASSET_RETRY_POLICY,
     check_specs=[AssetCheckSpec("counts_reconcile", asset=BROCCOLI_CLASSIFICATIONS_KEY, description="read = written + filtered + rejected")],
     description=(
         "Broccoli's ML classification of every distinct SHA1 of the day's VT export that still needs one, "
         "looked up per SHA1 at TI_BROCCOLI_URI and written as a sidecar Parquet "
         "(sha1, classification, label, http_status, looked_up_at) beside the export, which is never rewritten."
     ),
-    metadata={"dataset": BROCCOLI_CLASSIFICATIONS_DATASET},
-    kinds={"python", "parquet"},
+    metadata={**export_asset_metadata(BROCCOLI_CLASSIFICATIONS), "dataset": BROCCOLI_CLASSIFICATIONS_DATASET},
+    kinds=EXPORT_KINDS,
+    owners=OWNERS,
 )
 def broccoli_classifications(
     context: AssetExecutionContext,
@@ -74,17 +88,19 @@ def broccoli_classifications(
     def progress(done: int, total: int, seconds: float) -> None:
         context.log.info(f"{ASSET_NAME}[{day}]: {done:,}/{total:,} looked up ({done / max(seconds, 1e-9):,.0f}/s)")
 
-    wh.clear_quarantine(ASSET_NAME, day)
-    try:
-        result = classify_day(
-            store, client, day,
-            already_classified=lambda sha1s: already_classified(wh.engine, sha1s),
-            options=options,
-            progress=progress,
-        )
-    except IncompleteExport as exc:
-        raise Failure(f"{ASSET_NAME}[{day}]: {exc}") from exc
-    wh.add_quarantine(ASSET_NAME, day, result.quarantine)
+    # One run at a time per day: two would look every SHA1 up twice and rewrite each other's sidecar.
+    with warehouse.partition_lock(BROCCOLI_CLASSIFICATIONS_KEY, day, context.run_id):
+        wh.clear_quarantine(ASSET_NAME, day)
+        try:
+            result = classify_day(
+                store, client, day,
+                already_classified=lambda sha1s: already_classified(wh.engine, sha1s),
+                options=options,
+                progress=progress,
+            )
+        except IncompleteExport as exc:
+            raise Failure(f"{ASSET_NAME}[{day}]: {exc}") from exc
+        wh.add_quarantine(ASSET_NAME, day, result.quarantine)
     metadata = _metadata(result, day, export_store.resolved_uri, broccoli.resolved_uri)
     if result.failed:
         raise Failure(description=f"{ASSET_NAME}[{day}]: {result.failure_message()}", metadata=metadata)

@@ -1,21 +1,44 @@
 """The VirusTotal feed, one UTC day of packages → the deduplicated ``vt_file_reports`` Parquet partition."""
 
+import traceback
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
+    AssetRecordsFilter,
     BackfillPolicy,
-    MaterializeResult,
+    Failure,
     MetadataValue,
+    Output,
     asset,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
 )
 
 from ti_pipeline.core.accounting import Accounting
+from ti_pipeline.core.exports import VT_FILE_REPORTS
 from ti_pipeline.defs.config import fields_of, options_from
-from ti_pipeline.defs.metadata import Progress, accounting_metadata, bar_chart, reconcile_check, sample_table
+from ti_pipeline.defs.metadata import (
+    EXPORT_KINDS,
+    OWNERS,
+    Progress,
+    accounting_metadata,
+    bar_chart,
+    export_asset_metadata,
+    reconcile_check,
+    sample_table,
+)
 from ti_pipeline.defs.partitions import vt_days
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.vt_feed.export import DaySummary, ExportOptions, PackagePool, export_day
 from ti_pipeline.vt_feed.package import PackageResult
@@ -78,6 +101,89 @@ def _not_read(summaries: list[DaySummary], limit: int = 100) -> str:
     return (listed + more) or "none"
 
 
+def _export_one_day(context, feed, export, wh, day: str, pool: PackagePool, options: ExportOptions) -> DaySummary:
+    wh.clear_quarantine(ASSET_NAME, day)
+    progress = Progress(context.log, f"{ASSET_NAME}[{day}]")
+    done = Accounting()
+
+    def on_package(result: PackageResult) -> None:
+        done.merge(result.accounting)
+        done.figures["bytes"] += result.compressed_bytes
+        progress.update(done.read, done.figures["bytes"])
+
+    summary = export_day(
+        feed,
+        export,
+        day,
+        pool,
+        options,
+        on_quarantine=lambda records: wh.add_quarantine(ASSET_NAME, day, records),
+        on_package=on_package,
+    )
+    if summary.objects_not_read:
+        context.log.warning(
+            f"{ASSET_NAME}[{day}]: {len(summary.objects_not_read)} object(s) whose names are not "
+            f"{{YYYYMMDD}}T{{HHMM}} packages were not read: {', '.join(summary.objects_not_read[:20])}"
+        )
+    context.log.info(f"{ASSET_NAME}[{day}]: {summary.accounting.as_dict()}")
+    return summary
+
+
+def _run_partitions(days: list[str]) -> str:
+    return ", ".join(days) if len(days) <= 3 else f"{days[0]} .. {days[-1]} ({len(days)} days)"
+
+
+def _day_events(context, export, feed, summary: DaySummary, days: list[str], max_corrupt_share: float):
+    """One finished day: its materialization (its own accounting, row count, chart and sample rows), then
+    its check evaluations, each for that partition. Yielded, not ``log_event``-ed, so each is stored as
+    the day finishes even if a later day fails the step."""
+    day = summary.day.isoformat()
+    acc = summary.accounting
+    extra = {
+        "days": MetadataValue.md(_days_table([summary])),
+        "partitions": day,
+        "run_partitions": _run_partitions(days),
+        "worker_peak_rss_mib": MetadataValue.float(round(summary.worker_peak_rss_kib / 1024, 1)),
+        "export_uri": export.uri,
+        "feed_uri": feed.uri,
+        f"kept_reports_by_scan_hour[{day}]": bar_chart(hourly_scans(export, day), "UTC hour", 30),
+        f"sample_rows[{day}]": sample_table(sample_rows(export, day), VT_FILE_REPORTS),
+        "objects_not_read_names": MetadataValue.md(_not_read([summary])),
+    }
+    yield AssetMaterialization(asset_key=VT_FILE_REPORTS_KEY, partition=day, metadata=accounting_metadata(acc, extra))
+    selected = context.selected_asset_check_keys
+    for result in (reconcile_check(acc), corrupt_check(acc, [summary], max_corrupt_share)):
+        key = AssetCheckKey(VT_FILE_REPORTS_KEY, result.check_name)
+        if key in selected:
+            yield _evaluation(context, key, result, day)
+
+
+def _evaluation(context, key: AssetCheckKey, result: AssetCheckResult, day: str) -> AssetCheckEvaluation:
+    """``result`` as the evaluation of ``day``'s partition, aimed at the materialization just stored
+    (what Dagster does for an ``AssetCheckResult`` of a one-partition step; it has no partition argument)."""
+    latest = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=VT_FILE_REPORTS_KEY, asset_partitions=[day]), limit=1
+    ).records
+    target = (
+        AssetCheckEvaluationTargetMaterializationData(
+            storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp
+        )
+        if latest
+        else None
+    )
+    return AssetCheckEvaluation(
+        asset_key=VT_FILE_REPORTS_KEY,
+        check_name=key.name,
+        passed=result.passed,
+        metadata=result.metadata,
+        severity=result.severity,
+        description=result.description,
+        target_materialization_data=target,
+        blocking=context.assets_def.get_spec_for_check_key(key).blocking,
+        partition=day,
+    )
+
+
 @asset(
     key=VT_FILE_REPORTS_KEY,
     group_name=DOMAIN,
@@ -86,21 +192,37 @@ def _not_read(summaries: list[DaySummary], limit: int = 100) -> str:
     description=(
         "One UTC day of the VirusTotal file feed (v2 tar.bz2 and v3 NDJSON.bz2 packages, one per minute) "
         "as Parquet under TI_EXPORT_URI/vt_file_reports/date=YYYY-MM-DD: positives > 0, validated hashes, "
-        "newest scan per sha256, written whole or not at all (_SUCCESS manifest last)."
+        "newest scan per sha256, written whole or not at all (_SUCCESS manifest last). A run of several "
+        "days (a backfill range) records each day's materialization and checks as the day finishes; a day "
+        "that fails fails alone: the others stay materialized, the run fails at the end naming it."
     ),
+    # Per-day results, never one for a range: the step yields an AssetMaterialization and check
+    # evaluations per finished day (see _day_events) and no output for the range.
+    output_required=False,
     check_specs=[
-        AssetCheckSpec("counts_reconcile", asset=VT_FILE_REPORTS_KEY, description="read = written + filtered + rejected"),
+        AssetCheckSpec(
+            "counts_reconcile",
+            asset=VT_FILE_REPORTS_KEY,
+            description="read = written + filtered + rejected",
+            partitions_def=vt_days,
+        ),
         AssetCheckSpec(
             "packages_corrupt",
             asset=VT_FILE_REPORTS_KEY,
             description="warns on any corrupt package, fails past max_corrupt_share of the packages found",
+            partitions_def=vt_days,
         ),
     ],
     pool="vt_decompress",
+    retry_policy=ASSET_RETRY_POLICY,
     tags=HEAVY_TAG,
     op_tags=HEAVY_TAG,
-    metadata={"export_layout": "vt_file_reports/date=YYYY-MM-DD/part-NNNNN.parquet + _SUCCESS"},
-    kinds={"python", "parquet"},
+    metadata={
+        **export_asset_metadata(VT_FILE_REPORTS),
+        "export_layout": "vt_file_reports/date=YYYY-MM-DD/part-NNNNN.parquet + _SUCCESS",
+    },
+    kinds=EXPORT_KINDS,
+    owners=OWNERS,
 )
 def vt_file_reports(
     context: AssetExecutionContext,
@@ -112,50 +234,45 @@ def vt_file_reports(
     feed, export, wh = vt_feed.get(), export_store.get(), warehouse.get()
     options = options_from(config, ExportOptions)
     days = list(context.partition_keys)
-    total = Accounting()
-    summaries: list[DaySummary] = []
-    with PackagePool(options.workers) as pool:
+    failed: dict[str, str] = {}
+    materialized = 0
+    with PackagePool(options.workers) as pool, ExitStack() as day_lock:
         context.log.info(f"{len(days)} day(s) from {feed.uri} with {pool.workers} worker(s) into {export.uri}")
         for day in days:
-            wh.clear_quarantine(ASSET_NAME, day)
-            progress = Progress(context.log, f"{ASSET_NAME}[{day}]")
-            done = Accounting()
-
-            def on_package(result: PackageResult, done: Accounting = done, progress: Progress = progress) -> None:
-                done.merge(result.accounting)
-                done.figures["bytes"] += result.compressed_bytes
-                progress.update(done.read, done.figures["bytes"])
-
-            summary = export_day(
-                feed,
-                export,
-                day,
-                pool,
-                options,
-                on_quarantine=lambda records, day=day: wh.add_quarantine(ASSET_NAME, day, records),
-                on_package=on_package,
-            )
-            if summary.objects_not_read:
-                context.log.warning(
-                    f"{ASSET_NAME}[{day}]: {len(summary.objects_not_read)} object(s) whose names are not "
-                    f"{{YYYYMMDD}}T{{HHMM}} packages were not read: {', '.join(summary.objects_not_read[:20])}"
+            try:
+                # One run at a time per day, held while the day is exported: the previous day's lock goes first.
+                day_lock.close()
+                day_lock.enter_context(warehouse.partition_lock(VT_FILE_REPORTS_KEY, day, context.run_id))
+                summary = _export_one_day(context, feed, export, wh, day, pool, options)
+            except Exception as exc:
+                if len(days) == 1:
+                    raise
+                failed[day] = f"{type(exc).__name__}: {exc}"
+                context.log.error(
+                    f"{ASSET_NAME}[{day}] failed; the run goes on with its other days and fails at the end:\n"
+                    + "".join(traceback.format_exception(exc))
                 )
-            context.log.info(f"{ASSET_NAME}[{day}]: {summary.accounting.as_dict()}")
-            summaries.append(summary)
-            total.merge(summary.accounting)
-    extra = {
-        "days": MetadataValue.md(_days_table(summaries)),
-        "partitions": ", ".join(days) if len(days) <= 3 else f"{days[0]} .. {days[-1]} ({len(days)} days)",
-        "worker_peak_rss_mib": MetadataValue.float(round(max(s.worker_peak_rss_kib for s in summaries) / 1024, 1)),
-        "export_uri": export.uri,
-        "feed_uri": feed.uri,
-        f"kept_reports_by_scan_hour[{days[-1]}]": MetadataValue.md(bar_chart(hourly_scans(export, days[-1]), "UTC hour", 30)),
-        f"sample_rows[{days[-1]}]": MetadataValue.md(sample_table(sample_rows(export, days[-1]))),
-        "objects_not_read_names": MetadataValue.md(_not_read(summaries)),
-    }
-    yield MaterializeResult(metadata=accounting_metadata(total, extra))
-    yield reconcile_check(total)
-    yield corrupt_check(total, summaries, config.max_corrupt_share)
+                if isinstance(exc, BrokenProcessPool):  # no later day can run in this process pool
+                    failed.update((later, f"not run: the process pool broke on {day}") for later in days if later > day)
+                    break
+                continue
+            yield from _day_events(context, export, feed, summary, days, config.max_corrupt_share)
+            materialized += 1
+    if failed:
+        listed = "\n".join(f"- {day}: {error}" for day, error in failed.items())
+        raise Failure(
+            description=(
+                f"{ASSET_NAME}: {len(failed)} of {len(days)} day(s) failed: {', '.join(failed)}. The other "
+                f"{materialized} are materialized (each with its own metadata and checks); re-execute the "
+                f"backfill's failed partitions (or materialize these days) to redo only them.\n{listed}"
+            ),
+            metadata={"failed_days": ", ".join(failed), "materialized_days": materialized},
+            # A retry of the step would redo every finished day of the range: only when none finished.
+            allow_retries=materialized == 0,
+        )
+    # The check outputs (one per step, not per day) so the step succeeds; the results are the per-day evaluations.
+    for key in context.selected_asset_check_keys:
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
 
 
 assets = [vt_file_reports]

@@ -13,8 +13,16 @@ from dagster import (
     asset,
 )
 
-from ti_pipeline.defs.metadata import accounting_metadata, reconcile_check
+from ti_pipeline.core import schema
+from ti_pipeline.defs.metadata import (
+    OWNERS,
+    TABLE_KINDS,
+    accounting_metadata,
+    reconcile_check,
+    table_asset_metadata,
+)
 from ti_pipeline.defs.partitions import vt_days
+from ti_pipeline.defs.policies import ASSET_RETRY_POLICY, no_retry
 from ti_pipeline.defs.resources import LoaderResource, ObjectStoreResource, WarehouseResource
 from ti_pipeline.defs.vt_feed.broccoli import BROCCOLI_CLASSIFICATIONS_KEY
 from ti_pipeline.defs.vt_feed.export import DOMAIN, VT_FILE_REPORTS_KEY
@@ -46,8 +54,10 @@ class VtLoadConfig(Config):
         AssetCheckSpec("sha256s_present", asset=VT_IOC_FILE_HASHES_KEY, description="every sha256 the day kept is in the table"),
     ],
     pool="warehouse_writes",
-    metadata={"dagster/table_name": "ioc_file_hashes", "feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"},
-    kinds={"parquet", "sql"},
+    retry_policy=ASSET_RETRY_POLICY,
+    metadata={**table_asset_metadata(schema.ioc_file_hashes), "feeders": "sage_dump/ioc_file_hashes, vt_feed/ioc_file_hashes"},
+    kinds=TABLE_KINDS,
+    owners=OWNERS,
 )
 def vt_ioc_file_hashes(
     context: AssetExecutionContext,
@@ -60,22 +70,24 @@ def vt_ioc_file_hashes(
     try:
         policy = warehouse.import_policy()
     except ValueError as exc:
-        raise Failure(str(exc)) from exc
+        raise no_retry(str(exc)) from exc
     wh = warehouse.get()
     settings = loader.load_settings(config.loader)
-    wh.clear_quarantine(ASSET_NAME, day)
-    try:
-        result = load_day(
-            wh,
-            export_store.get(),
-            day,
-            settings,
-            log=context.log,
-            quarantine=lambda records: wh.add_quarantine(ASSET_NAME, day, records),
-            policy=policy,
-        )
-    except (IncompleteExport, LoaderError) as exc:
-        raise Failure(str(exc)) from exc
+    # One load of a day at a time: two would re-create each other's staging tables.
+    with warehouse.partition_lock(VT_IOC_FILE_HASHES_KEY, day, context.run_id):
+        wh.clear_quarantine(ASSET_NAME, day)
+        try:
+            result = load_day(
+                wh,
+                export_store.get(),
+                day,
+                settings,
+                log=context.log,
+                quarantine=lambda records: wh.add_quarantine(ASSET_NAME, day, records),
+                policy=policy,
+            )
+        except (IncompleteExport, LoaderError) as exc:
+            raise Failure(str(exc)) from exc
     acc = result.accounting
     extra = {
         "day": day,

@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -40,7 +39,6 @@ from ti_pipeline.vt_feed.load.base import (
     LoadSettings,
     Stager,
     StageRequest,
-    mysql_family,
     retrying,
 )
 from ti_pipeline.vt_feed.load.import_into import ImportIntoStager
@@ -94,36 +92,11 @@ def load_day(
     on_event: EventHook | None = None,
     policy: ImportPolicy = DEFAULT_POLICY,
 ) -> DayLoad:
-    day = keys.day(day)
-    with day_lock(warehouse, day):
-        return _load_day(
-            warehouse, store, day, settings, log=log, quarantine=quarantine, on_event=on_event, policy=policy
-        )
-
-
-@contextmanager
-def day_lock(warehouse: Warehouse, day: date) -> Iterator[None]:
-    """One load of a day at a time (a sensor run and a backfill would re-create each other's staging).
-
-    A MySQL/TiDB named lock held by a connection of its own; it dies with that connection, so a killed
-    run never leaves it behind. SQLite serializes writers by itself.
-    """
-    if not mysql_family(warehouse):
-        yield
-        return
-    with warehouse.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        # Named locks are server-wide: the database's name keeps two warehouses on one server apart.
-        database = conn.execute(sa.text("SELECT DATABASE()")).scalar()
-        name = f"ti_vt_load:{database}:{day:%Y%m%d}"[:64]
-        if conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() != 1:
-            raise LoaderError(f"another run is loading {day} (named lock {name} is held); try again once it ends")
-        try:
-            yield
-        finally:
-            try:
-                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-            except sa.exc.DBAPIError:
-                pass  # the session is gone, and its lock with it
+    """Load one exported day. The caller holds the day's lock (``Warehouse.partition_lock``, taken by
+    the asset for its whole materialization): two loads of a day would re-create each other's staging."""
+    return _load_day(
+        warehouse, store, keys.day(day), settings, log=log, quarantine=quarantine, on_event=on_event, policy=policy
+    )
 
 
 def _load_day(

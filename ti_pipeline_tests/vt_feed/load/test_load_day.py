@@ -375,19 +375,3 @@ def test_a_server_refusing_local_infile_gets_batched_inserts(store, load, wareho
     assert result.accounting.figures["load_data_batches"] == 0
     assert result.accounting.figures["insert_batches"] == 4  # 2 report batches + 2 sidecar batches
     assert result.accounting.figures["inserted"] == 6
-
-
-@pytest.mark.parametrize("warehouse_url", ["mysql"], indirect=True)
-def test_a_day_already_being_loaded_is_refused(store, load, warehouse, warehouse_url):
-    from ti_pipeline.vt_feed.load import LoaderError
-
-    write_two_days(store)
-    other_run = sa.create_engine(warehouse_url)
-    with other_run.connect() as conn:
-        name = f"ti_vt_load:{conn.execute(sa.text('SELECT DATABASE()')).scalar()}:20240101"
-        assert conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
-        with pytest.raises(LoaderError, match="another run is loading 2024-01-01"):
-            load(DAY_A)
-        assert load(DAY_B).accounting.figures["inserted"] == 6  # other days are not held up
-    other_run.dispose()
-    assert load(DAY_A).accounting.figures["inserted"] == 3
