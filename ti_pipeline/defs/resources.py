@@ -17,11 +17,14 @@ from dagster import AssetKey, ConfigurableResource, EnvVar
 from pydantic import PrivateAttr
 
 from ti_pipeline.core import settings
+from ti_pipeline.core.http import MAX_RESPONSE_BYTES
 from ti_pipeline.core.objectstore import ObjectStore, open_store
 from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import PartitionBusy, Warehouse
 from ti_pipeline.defs.config import fields_of, options_from
 from ti_pipeline.defs.policies import no_retry
+from ti_pipeline.threat_actors.client import ClientOptions
+from ti_pipeline.vt_feed.broccoli.client import RetryPolicy
 from ti_pipeline.vt_feed.load import LoadSettings
 
 
@@ -107,11 +110,12 @@ class PrivateKeyFileResource(ConfigurableResource):
         return load_private_key(Path(self.resolved_path))
 
 
-class MalpediaResource(ConfigurableResource):
+class MalpediaResource(fields_of(ClientOptions, ConfigurableResource)):
     """The Malpedia REST API (``TI_MALPEDIA_URL``), within its request budget (Malpedia's published quota).
 
     Limits left unset come from ``TI_MALPEDIA_REQUESTS_PER_MINUTE`` / ``_PER_HOUR`` at run time, so a
-    loopback server (tests, the demo) can lift them without touching the definitions.
+    loopback server (tests, the demo) can lift them without touching the definitions. The other fields
+    are the client's ``ClientOptions``.
     """
 
     url: str | None = None
@@ -119,14 +123,6 @@ class MalpediaResource(ConfigurableResource):
     requests_per_minute: int | None = None
     requests_per_hour: int | None = None
     concurrency: int = 4
-    max_retries: int = 5
-    backoff_base_seconds: float = 1.0
-    max_retry_wait_seconds: float = 3600.0
-    timeout_seconds: float = 60.0
-    max_response_bytes: int = 1_048_576
-    """Largest response body read (decompressed); a larger one is refused before it is read whole."""
-    max_families_bytes: int = 33_554_432
-    """The same for ``/get/families``, one document of every family (2.8 MB in the shipped snapshot)."""
 
     def budget(self, warehouse: Warehouse | None = None):
         """The request budget: with ``warehouse``, the one every run and process on it shares
@@ -146,26 +142,16 @@ class MalpediaResource(ConfigurableResource):
             settings.resolve("TI_MALPEDIA_URL", self.url),
             token=self.token,
             budget=self.budget(warehouse),
-            max_retries=self.max_retries,
-            backoff_base=self.backoff_base_seconds,
-            max_retry_wait=self.max_retry_wait_seconds,
-            timeout=self.timeout_seconds,
-            max_response_bytes=self.max_response_bytes,
-            max_families_bytes=self.max_families_bytes,
+            options=options_from(self, ClientOptions),
         )
 
 
-class BroccoliResource(ConfigurableResource):
-    """Broccoli's per-SHA1 classification objects (``TI_BROCCOLI_URI``: gs://, http(s):// or file://)."""
+class BroccoliResource(fields_of(RetryPolicy, ConfigurableResource)):
+    """Broccoli's per-SHA1 classification objects (``TI_BROCCOLI_URI``: gs://, http(s):// or file://);
+    the retry fields are the client's ``RetryPolicy``."""
 
     uri: str | None = None
-    attempts: int = 6
-    """Tries per SHA1 for 429, 5xx, timeouts and dropped connections, the first included."""
-    base_delay_seconds: float = 0.25
-    max_delay_seconds: float = 30.0
-    max_retry_after_seconds: float = 120.0
-    timeout_seconds: float = 10.0
-    max_response_bytes: int = 1_048_576
+    max_response_bytes: int = MAX_RESPONSE_BYTES
     """Largest classification body read (decompressed); a larger one is a rejected lookup, not read whole."""
 
     @cached_property
@@ -174,18 +160,10 @@ class BroccoliResource(ConfigurableResource):
 
     def client(self, concurrency: int = 500):
         """A new lookup client (one aiohttp session per use); tokens come from google-auth for gs://."""
-        from ti_pipeline.vt_feed.broccoli.client import BroccoliClient, RetryPolicy
+        from ti_pipeline.vt_feed.broccoli.client import BroccoliClient
 
-        policy = RetryPolicy(
-            attempts=self.attempts,
-            base_delay=self.base_delay_seconds,
-            max_delay=self.max_delay_seconds,
-            max_retry_after=self.max_retry_after_seconds,
-            timeout=self.timeout_seconds,
-        )
-        return BroccoliClient(
-            self.resolved_uri, policy=policy, concurrency=concurrency, max_response_bytes=self.max_response_bytes
-        )
+        return BroccoliClient(self.resolved_uri, policy=options_from(self, RetryPolicy), concurrency=concurrency,
+                              max_response_bytes=self.max_response_bytes)
 
 
 class LoaderResource(fields_of(LoadSettings, ConfigurableResource)):

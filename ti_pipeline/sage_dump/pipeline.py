@@ -89,10 +89,11 @@ def process_stream(
     source: str,
     ctx: RuleContext,
     *,
-    workers: int = 0,
-    block_bytes: int = 4 << 20,
+    workers: int,
+    block_bytes: int,
 ) -> Iterator[BlockResult]:
-    """Results of every block of ``stream`` in file order; ``workers`` 1 decodes in this process."""
+    """Results of every block of ``stream`` in file order; ``workers`` 1 decodes in this process, 0 one
+    per core (the defaults are ``load.DumpOptions``')."""
     workers = workers or os.cpu_count() or 1
     blocks = iter_blocks(stream, block_bytes)
     if workers == 1:

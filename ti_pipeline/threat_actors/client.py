@@ -14,7 +14,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -53,8 +53,27 @@ def _retryable(status: int) -> bool:
     return status == 429 or 500 <= status < 600
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """How the client treats the API; the Malpedia resource's fields are made from these."""
+
+    max_retries: int = 5
+    """Retries after the first try (429, 5xx, timeouts, dropped connections)."""
+    backoff_base: float = 1.0
+    """Backoff before the first retry; doubles with every further one."""
+    max_retry_wait: float = 3600.0
+    """A longer ``Retry-After`` fails the request at once."""
+    timeout: float = 60.0
+    """Seconds for one request."""
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+    """Largest response body read (decompressed); a larger one is refused before it is read whole."""
+    max_families_bytes: int = MAX_FAMILIES_BYTES
+    """The same for ``get/families``, one document of every family."""
+
+
 class MalpediaClient:
-    """``async with MalpediaClient(url) as api: await api.get_json("get/version")``."""
+    """``async with MalpediaClient(url) as api: await api.get_json("get/version")``; ``overrides``
+    replace single fields of ``options`` (``MalpediaClient(url, max_retries=1)``)."""
 
     def __init__(
         self,
@@ -62,25 +81,22 @@ class MalpediaClient:
         *,
         token: str | None = None,
         budget: RequestBudget | None = None,
-        max_retries: int = 5,
-        backoff_base: float = 1.0,
-        max_retry_wait: float = 3600.0,
-        timeout: float = 60.0,
+        options: ClientOptions = ClientOptions(),
         rand: Callable[[], float] = random.random,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-        max_families_bytes: int = MAX_FAMILIES_BYTES,
+        **overrides: Any,
     ):
+        options = replace(options, **overrides)
         self.base_url = base_url.rstrip("/")
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"apitoken {token}"
         self.budget = budget or RequestBudget()
-        self.backoff = Backoff(max_retries + 1, backoff_base, MAX_BACKOFF_SECONDS)
-        self.max_retry_wait = max_retry_wait
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.backoff = Backoff(options.max_retries + 1, options.backoff_base, MAX_BACKOFF_SECONDS)
+        self.max_retry_wait = options.max_retry_wait
+        self.timeout = aiohttp.ClientTimeout(total=options.timeout)
         self.rand = rand
-        self.max_response_bytes = max_response_bytes
-        self.max_families_bytes = max_families_bytes
+        self.max_response_bytes = options.max_response_bytes
+        self.max_families_bytes = options.max_families_bytes
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
 

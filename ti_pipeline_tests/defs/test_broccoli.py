@@ -32,7 +32,7 @@ def run(export_uri: str, broccoli_uri: str, warehouse_url: str, instance=None, *
         resources={
             "warehouse": WarehouseResource(url=warehouse_url),
             "export_store": ObjectStoreResource(setting="TI_EXPORT_URI", uri=export_uri),
-            "broccoli": BroccoliResource(uri=broccoli_uri, attempts=3, base_delay_seconds=0.01, timeout_seconds=2.0),
+            "broccoli": BroccoliResource(uri=broccoli_uri, attempts=3, base_delay=0.01, timeout=2.0),
         },
     )
 

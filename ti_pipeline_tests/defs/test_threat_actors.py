@@ -23,7 +23,7 @@ def server():
 
 
 def resources(warehouse_url: str, server: LocalMalpediaServer, **malpedia) -> dict:
-    args = {"requests_per_minute": 1_000_000, "requests_per_hour": 60_000_000, "backoff_base_seconds": 0.01, **malpedia}
+    args = {"requests_per_minute": 1_000_000, "requests_per_hour": 60_000_000, "backoff_base": 0.01, **malpedia}
     return {
         "warehouse": WarehouseResource(url=warehouse_url),
         "malpedia": MalpediaResource(url=server.base_url, token=TOKEN, **args),
