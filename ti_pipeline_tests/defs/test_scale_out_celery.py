@@ -39,6 +39,7 @@ from ti_pipeline.defs.vt_feed.automation import VT_FILE_REPORTS, VT_LOAD
 from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
 from ti_pipeline.sample_data.sage import write_sage_dump
 from ti_pipeline.sample_data.vt import write_vt_feed
+from ti_pipeline_tests.test_kill_and_rerun import group_exits
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2  # processes inside each heavy step
@@ -267,19 +268,6 @@ class Deployment:
             for queue in self.queues.values():
                 with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
-
-
-def group_exits(pgid: int, within: float = 20.0) -> bool:
-    """Whether every process of the group is gone within ``within`` seconds (else they are killed)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
-    return False
 
 
 def kill_group_when_leader_dies(proc: subprocess.Popen) -> None:
