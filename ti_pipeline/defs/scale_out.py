@@ -30,8 +30,11 @@ from typing import Any
 
 from dagster import (
     DagsterEvent,
+    DagsterInvalidConfigError,
     Field,
+    InitExecutorContext,
     IntSource,
+    Permissive,
     StringSource,
     executor,
     multiple_process_executor_requirements,
@@ -371,23 +374,25 @@ def _sized_step_handler_class():
     return SizedK8sStepHandler
 
 
-def _k8s_executor_def():
+@executor(name="ti_k8s", config_schema=Permissive(), requirements=multiple_process_executor_requirements())
+def ti_k8s_job_executor(init_context: InitExecutorContext):
+    """dagster-k8s's ``k8s_job_executor`` (same config): each step in a Kubernetes Job; the heavy
+    steps request ``workers`` CPUs and the memory measured for that many processes.
+
+    dagster-k8s imports the whole Kubernetes client (~3 s of CPU), which every process that loads the
+    code location would pay, so it is imported only by a run of a ``*_on_k8s`` job: the config is
+    checked against dagster-k8s's own schema when the run starts instead of in the launchpad.
+    """
+    from dagster._config import process_config
     from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, k8s_job_executor
 
-    @executor(name="ti_k8s", config_schema=_K8S_EXECUTOR_CONFIG_SCHEMA,
-              requirements=multiple_process_executor_requirements())
-    def ti_k8s_job_executor(init_context):
-        """dagster-k8s's ``k8s_job_executor`` (same config): each step in a Kubernetes Job; the heavy
-        steps request ``workers`` CPUs and the memory measured for that many processes."""
-        step_executor = k8s_job_executor.executor_creation_fn(init_context)
-        # Same handler, same state; only the container context of a step gains its sized resources.
-        step_executor._step_handler.__class__ = _sized_step_handler_class()
-        return step_executor
-
-    return ti_k8s_job_executor
-
-
-ti_k8s_job_executor = _k8s_executor_def()
+    checked = process_config(_K8S_EXECUTOR_CONFIG_SCHEMA, init_context.executor_config)
+    if not checked.success:
+        raise DagsterInvalidConfigError("Invalid ti_k8s executor config", checked.errors, init_context.executor_config)
+    step_executor = k8s_job_executor.executor_creation_fn(init_context._replace(executor_config=checked.value))
+    # Same handler, same state; only the container context of a step gains its sized resources.
+    step_executor._step_handler.__class__ = _sized_step_handler_class()
+    return step_executor
 
 
 def k8s_variant(spec: JobSpec):

@@ -15,15 +15,16 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
 
 from ti_pipeline.core import settings
 from ti_pipeline.core.http import MAX_RESPONSE_BYTES, ResponseTooLarge, read_capped
 from ti_pipeline.core.retry import Backoff, TryAgain, retry_after_seconds, retry_call_async
 from ti_pipeline.threat_actors.budget import RequestBudget
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class MalpediaClient:
         self.budget = budget or RequestBudget()
         self.backoff = Backoff(options.max_retries + 1, options.backoff_base, MAX_BACKOFF_SECONDS)
         self.max_retry_wait = options.max_retry_wait
-        self.timeout = aiohttp.ClientTimeout(total=options.timeout)
+        self.timeout = options.timeout
         self.rand = rand
         self.max_response_bytes = options.max_response_bytes
         self.max_families_bytes = options.max_families_bytes
@@ -104,7 +105,9 @@ class MalpediaClient:
         return f"MalpediaClient({self.base_url!r}, token={'set' if 'Authorization' in self._headers else 'unset'})"
 
     async def __aenter__(self) -> MalpediaClient:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self.timeout)
+        import aiohttp  # imported by a sync only, not by every process that loads the code location
+
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -124,6 +127,7 @@ class MalpediaClient:
         if self._session is None:
             raise RuntimeError("use MalpediaClient as `async with`")
         url = self.url(path)
+        import aiohttp
 
         async def once() -> Any:
             await self.budget.acquire()

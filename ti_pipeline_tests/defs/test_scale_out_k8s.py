@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dagster import DagsterInstance, Failure
+from dagster import DagsterInstance, DagsterInvalidConfigError, Failure
 from dagster._core.definitions.job_base import InMemoryJob
 from dagster._core.executor.init import InitExecutorContext
 from dagster_k8s.container_context import K8sContainerContext
@@ -116,3 +116,24 @@ def test_the_executor_sizes_steps_through_dagster_k8s_own_step_handler(tmp_path)
 
     assert pod_resources(context_for("vt_feed__vt_file_reports", 6)).requests["cpu"] == "6"
     assert pod_resources(context_for("sage_dump__ioc_domains", 6)).requests["cpu"] == "3"
+
+
+def test_loading_the_code_location_does_not_import_the_kubernetes_client():
+    """dagster-k8s is imported by a k8s run only: every other process is spared its ~3 s of imports."""
+    probe = "import sys, ti_pipeline.definitions; print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'dagster_k8s')))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("config, error", [
+    ({"job_image": 7}, 'Invalid scalar at path root:job_image'),
+    ({"job_imag": "ti-pipeline:test"}, 'Received unexpected config entry "job_imag" at the root'),
+])
+def test_the_k8s_executor_checks_its_config_against_dagster_k8s_schema_when_a_run_starts(config, error):
+    job = defs.resolve_job_def("vt_file_reports_on_k8s")
+    with DagsterInstance.ephemeral() as instance, pytest.raises(DagsterInvalidConfigError) as err:
+        ti_k8s_job_executor.executor_creation_fn(
+            InitExecutorContext(job=InMemoryJob(job), executor_def=ti_k8s_job_executor, executor_config=config, instance=instance)
+        )
+    assert error in str(err.value)
