@@ -25,13 +25,17 @@ class ResponseTooLarge(Exception):
 async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, or ``ResponseTooLarge`` as soon as it is known to exceed ``limit`` bytes.
 
-    A larger ``Content-Length`` is refused before any byte is read; otherwise the (transparently
-    decompressed) stream is read a chunk at a time, so neither a missing or lying length nor a gzip
-    bomb makes memory grow past ``limit`` plus one chunk.
+    A larger ``Content-Length`` is refused before any byte is read, and an uncompressed body of a
+    declared size within the cap is read in one go (aiohttp reads no more than the declared length);
+    otherwise the (transparently decompressed) stream is read a chunk at a time, so neither a missing
+    length nor a gzip bomb makes memory grow past ``limit`` plus one chunk.
     """
     declared = response.content_length
     if declared is not None and declared > limit:
         raise ResponseTooLarge(limit)
+    if declared is not None and "Content-Encoding" not in response.headers:
+        # An identity body of a declared size within the cap: one read, the common small answer's path.
+        return await response.read()
     chunks: list[bytes] = []
     size = 0
     head = b""
