@@ -1,288 +1,252 @@
-"""Benchmark the VT day export against the decompression floor and the plain approach, same input, same run.
+"""Benchmark one VT day's export against the bz2 floor it sits on, from the kernel to the materialization a user runs.
 
-Writes a day of v2 packages (allinfo reports with every engine, like the feed), then measures, each in a
-fresh subprocess (so peak RSS is its own), per CPU-second:
+Writes (once; reused while the parameters are the same) a day of feed-sized v2 packages
+(``sample_data/vt.py``'s ``write_feed_day``: bzip2 tar with one member, one allinfo report per line,
+63 engines, ~8.5 KB a report, 40% with positives 0), then, in rounds so every path meets the same
+load, measures CPU-seconds (process + children) of:
 
-- ``export``         the pipeline end to end, one process: read, decompress, parse, filter, dedup, Parquet
-- ``python_bz2``     Python's ``bz2`` reading the same packages to nowhere (the floor the export sits on)
-- ``bzip2_dc``       ``bzip2 -dc < package > /dev/null`` (the C tool, CPU of the child)
-- ``plain``          whole package in memory, ``tarfile``, ``json.loads`` per line, dict rows, dict dedup,
-                     ``pa.Table.from_pylist`` → Parquet
-- parsers            msgspec (typed Struct, ``decode_lines``) vs orjson vs ``json.loads`` on the same
-                     decompressed lines (why the export uses msgspec)
-- ``pool``           the export with a worker pool on a day of N and 2N packages: peak RSS per worker
-                     must stay flat as the day grows.
+- ``python_bz2``      Python's ``bz2`` decompressing the packages to nowhere (the floor), one process
+- ``python_bz2_x2``   the same in two processes at once, half the packages each: the floor at the pool's
+                      parallelism (two decompressions at once share the caches, and on this 2-vCPU VM
+                      each then gets less done per CPU-second)
+- ``bzip2_dc``        ``bzip2 -dc < package > /dev/null`` for each package (CPU of the children)
+- ``kernel_inline``   ``export_day`` in a fresh process, ``workers=1`` (imports before the clock)
+- ``kernel_pool``     the same with the pool of 2 spawned workers (their start counted)
+- ``materialize``     ``dagster asset materialize`` of the day in a fresh process, ``workers: 2``, minus
+                      the same command on an empty day (``materialize_empty``, reported apart): what a
+                      user's run costs beyond its fixed start-up
 
-    python bench/vt_export.py --packages 4 --reports 1500
+Each ratio is ``python_bz2`` CPU-s over the path's CPU-s in the same round; the table gives the median
+and the spread over the rounds, with the load averages seen. Peak RSS of a pool worker is measured on
+the day and on a day of half its packages (it must stay flat). Run it alone on the machine's cores:
+
+    flock /tmp/ti_bench.lock .venv/bin/python bench/vt_export.py --packages 120 --reports 300 --rounds 3
+
+``--code ROOT`` measures another checkout of ti_pipeline (e.g. ``git archive HEAD``) on the same input.
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
-import io
 import json
 import os
-import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
-import tarfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-DAY = "2020-11-01"
+DAY, HALF_DAY, EMPTY_DAY = date(2020, 11, 1), date(2020, 11, 3), date(2020, 11, 5)
+KINDS = ("python_bz2", "python_bz2_x2", "kernel_inline", "kernel_pool", "materialize_empty", "materialize", "bzip2_dc")
 
 
-def _extra(rng: random.Random) -> dict:
-    """A slice of ``additional_info``-like content so a report is feed-sized (~8 KB)."""
-    return {
-        "additional_info": {
-            "exiftool": {f"Field{i}": f"{rng.getrandbits(48):x} value {i}" for i in range(25)},
-            "imports": {f"lib{i}.dll": [f"Func{rng.randrange(999)}" for _ in range(6)] for i in range(8)},
-            "pe-resource-langs": {"NEUTRAL": rng.randrange(9), "ENGLISH US": rng.randrange(9)},
-            "trid": [{"file_type": "Win32 Executable (generic)", "probability": rng.random() * 100}],
-        },
-        "tags": ["peexe", "overlay", "signed"][: rng.randrange(4)],
-        "first_seen": (datetime(2020, 10, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(10**7))).strftime(
-            "%Y-%m-%d %H:%M:%S"
-        ),
-    }
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
-def write_day(root: Path, packages: int, reports: int, seed: int = 0) -> list[Path]:
-    """``packages`` packages at minutes 0, 30, 60, ... (room for the copies of the RSS run)."""
-    from ti_pipeline.sample_data.sage import ENGINES, FAMILIES
-    from ti_pipeline.sample_data.vt import package_name, v2_package, v2_report
-
-    rng = random.Random(seed)
-    start = datetime(2020, 11, 1, tzinfo=UTC)
-    paths = []
-    for p in range(packages):
-        lines = []
-        for _ in range(reports):
-            index = rng.randrange(reports * packages)
-            positives = 0 if rng.random() < 0.4 else rng.randint(1, 40)
-            family = rng.choice(FAMILIES)
-            detected = {e: f"{family}.{rng.randrange(999)}" for e in rng.sample(ENGINES, positives)}
-            scan = start + timedelta(seconds=rng.randrange(86400))
-            lines.append(json.dumps(v2_report(index, scan, detected, extra=_extra(rng))).encode())
-        path = root / package_name(start.date(), p * 30)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(v2_package(lines))
-        paths.append(path)
-    return paths
+def _process_cpu() -> float:
+    return _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
 
 
-def _cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def _packages(feed: Path, day: date) -> list[Path]:
+    return sorted(p for p in (feed / day.strftime("%Y%m%d")).iterdir() if p.is_file())
 
 
-def measure(kind: str, feed: Path, out: Path, workers: int, repeat: int) -> dict:
-    """One measurement in this (fresh) process; imports happen before the clock starts."""
-    import orjson  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
+def _decompress(paths: list[Path]) -> int:
+    import bz2
 
-    from ti_pipeline.core.objectstore import LocalStore
-    from ti_pipeline.vt_feed.export import ExportOptions, PackagePool, export_day
+    total = 0
+    for path in paths:
+        with bz2.open(path, "rb") as f:
+            while data := f.read(1 << 20):
+                total += len(data)
+    return total
 
-    paths = sorted(p for p in feed.rglob("*T*") if p.is_file())
-    compressed = sum(p.stat().st_size for p in paths)
-    warmup = feed.parent / "warmup"
-    if kind == "export":  # first-call costs (lazy imports, Arrow kernels) are paid once per process, not per day
-        with PackagePool(1) as pool:
-            export_day(LocalStore(warmup), LocalStore(out / "warmup"), DAY, pool, ExportOptions(workers=1))
-    if kind == "plain":
-        _plain(sorted(warmup.rglob("*T*")), out / "warmup")
-    result: dict = {"kind": kind, "compressed_bytes": compressed, "packages": len(paths)}
-    runs, paired = [], []
-    for _ in range(1 if kind == "pool" else repeat * (3 if kind == "export" else 1)):
-        if kind == "export":  # a decompression-only pass right before, under the same load: a paired ratio
-            floor = _cpu()
-            _once("python_bz2", paths, feed, out, workers, {}, floor)
-            floor = _cpu() - floor
-        cpu0, wall0 = _cpu(), time.perf_counter()
-        cpu0 = _once(kind, paths, feed, out, workers, result, cpu0)
-        runs.append((_cpu() - cpu0, time.perf_counter() - wall0))
-        if kind == "export":
-            paired.append(floor / runs[-1][0])
-    if paired:
-        result["paired_ratios"] = sorted(round(r, 3) for r in paired)
-        result["paired_cpu_s"] = [round(c, 3) for c, _ in runs]
-    result["cpu_s"], result["wall_s"] = min(runs)  # least disturbed run: the machine is shared
-    result["cpu_s_all"] = [round(c, 3) for c, _ in runs]
+
+def measure(kind: str, feed: Path, out: Path, day: date) -> dict:
+    """One measurement in this fresh process; the modules it needs are imported before the clock starts."""
+    paths = _packages(feed, day)
+    result: dict = {"kind": kind, "packages": len(paths), "compressed_bytes": sum(p.stat().st_size for p in paths)}
+    if kind == "python_bz2":
+        start = _process_cpu()
+        result["decompressed_bytes"] = _decompress(paths)
+    elif kind == "python_bz2_x2":
+        start = _process_cpu()
+        children = []
+        for half in (paths[0::2], paths[1::2]):
+            if (pid := os.fork()) == 0:
+                _decompress(half)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+    elif kind == "bzip2_dc":
+        start = _process_cpu()
+        for path in paths:
+            with open(path, "rb") as src:
+                subprocess.run(["bzip2", "-dc"], stdin=src, stdout=subprocess.DEVNULL, check=True)
+    else:
+        # What a Dagster step process holds before its first day: pandas (pyarrow imports it on first
+        # use; Dagster already has) and the schema (SQLAlchemy; the warehouse resource has).
+        import pandas  # noqa: F401
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+        import ti_pipeline.core.schema  # noqa: F401
+        from ti_pipeline.core.objectstore import LocalStore
+        from ti_pipeline.vt_feed.export import ExportOptions, PackagePool, export_day
+
+        workers = 1 if kind == "kernel_inline" else 2
+        start = _process_cpu()
+        with PackagePool(workers) as pool:
+            summary = export_day(LocalStore(feed), LocalStore(out), day, pool, ExportOptions(workers=workers))
+        acc = summary.accounting
+        result.update(read=acc.read, written=acc.written, unaccounted=acc.unaccounted,
+                      decompressed_bytes=summary.figures["bytes_decompressed"],
+                      worker_peak_rss_mib=summary.worker_peak_rss_kib / 1024)
+    result["cpu_s"] = _process_cpu() - start
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
-def _once(kind: str, paths: list[Path], feed: Path, out: Path, workers: int, result: dict, cpu0: float) -> float:
-    """One pass of ``kind``; returns the CPU clock reading to count from (parsers exclude reading)."""
-    from ti_pipeline.core.objectstore import LocalStore
-    from ti_pipeline.vt_feed.export import ExportOptions, PackagePool, export_day
+class Bench:
+    def __init__(self, workdir: Path, code: Path, bytecode_cache: Path | None):
+        self.workdir, self.code = workdir, code
+        self.feed, self.data = workdir / "feed", workdir / "data"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "TI_DATA_DIR": str(self.data),
+            "DAGSTER_HOME": str(self.data / "dagster_home"),
+            "TI_VT_FEED_URI": self.feed.as_uri(),
+        }
+        if bytecode_cache is not None:  # as pip installs: compiled once, not on every start
+            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
 
-    if kind in ("export", "pool"):
-        with PackagePool(workers) as pool:
-            summary = export_day(LocalStore(feed), LocalStore(out), DAY, pool, ExportOptions(workers=workers))
-        result["reports"] = summary.accounting.read
-        result["written"] = summary.accounting.written
-        result["decompressed_bytes"] = summary.figures["bytes_decompressed"]
-        result["worker_peak_rss_mib"] = summary.worker_peak_rss_kib / 1024
-    elif kind == "python_bz2":
-        total = 0
-        for path in paths:
-            with bz2.open(path, "rb") as f:
-                while data := f.read(1 << 20):
-                    total += len(data)
-        result["decompressed_bytes"] = total
-    elif kind == "bzip2_dc":
-        for path in paths:
-            with open(path, "rb") as src:
-                subprocess.run(["bzip2", "-dc"], stdin=src, stdout=subprocess.DEVNULL, check=True)
-    elif kind == "plain":
-        result.update(_plain(paths, out))
-    elif kind.startswith("parse_"):
-        with bz2.open(paths[0], "rb") as f:
-            data = f.read()
-        body = data[512 : data.rindex(b"}") + 2]
-        result["decompressed_bytes"] = len(body)
-        cpu0 = _cpu()
-        result["reports"] = _parse(kind.removeprefix("parse_"), body)
-    return cpu0
+    def prepare(self, packages: int, reports: int) -> None:
+        stamp = self.workdir / "feed.json"
+        wanted = {"packages": packages, "reports": reports, "format": 1}
+        if not (stamp.exists() and json.loads(stamp.read_text()) == wanted):
+            from ti_pipeline.core.objectstore import LocalStore
+            from ti_pipeline.sample_data.vt import write_feed_day
 
+            shutil.rmtree(self.feed, ignore_errors=True)
+            print(f"writing {packages} packages x {reports} reports under {self.feed} ...", flush=True)
+            write_feed_day(LocalStore(self.feed), DAY, packages, reports)
+            half = self.feed / HALF_DAY.strftime("%Y%m%d")
+            half.mkdir()
+            for path in _packages(self.feed, DAY)[: packages // 2]:
+                shutil.copyfile(path, half / path.name.replace(DAY.strftime("%Y%m%d"), HALF_DAY.strftime("%Y%m%d")))
+            stamp.write_text(json.dumps(wanted))
+        shutil.rmtree(self.data, ignore_errors=True)
+        (self.data / "dagster_home").mkdir(parents=True)
+        # Not measured: creates the warehouse and the instance, fills the page cache (and the bytecode cache).
+        self.materialize(EMPTY_DAY)
+        self.child("kernel_pool", HALF_DAY)
 
-def _parse(parser: str, body: bytes) -> int:
-    if parser == "msgspec+rules":  # what a worker does after decompression, without Arrow
-        from ti_pipeline.core.accounting import Accounting
-        from ti_pipeline.vt_feed.records import DECODER, evaluate
+    def child(self, kind: str, day: date = DAY) -> dict:
+        out = self.workdir / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", kind, "--feed", str(self.feed),
+               "--out", str(out), "--day", day.isoformat()]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=self.env, cwd=self.code)
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
-        acc, now = Accounting(), datetime.now(UTC).replace(tzinfo=None)
-        return sum(1 for report in DECODER.decode_lines(body) if evaluate(report, acc, now) is not None)
-    if parser == "msgspec":
-        from ti_pipeline.vt_feed.records import DECODER
+    def materialize(self, day: date) -> dict:
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        config = {"ops": {"vt_feed__vt_file_reports": {"config": {"workers": 2}}}}
+        cmd = [dagster, "asset", "materialize", "-m", "ti_pipeline.definitions", "--select", "vt_feed/vt_file_reports",
+               "--partition", day.isoformat(), "--config-json", json.dumps(config)]
+        log = self.workdir / "materialize.log"
+        before, wall = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+        with open(log, "wb") as out:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.code)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read_text()[-3000:]}")
+        return {"cpu_s": _cpu(resource.RUSAGE_CHILDREN) - before, "wall_s": time.perf_counter() - wall}
 
-        return len(DECODER.decode_lines(body))
-    if parser == "orjson":
-        import orjson
-
-        return sum(1 for line in body.splitlines() if line and orjson.loads(line))
-    return sum(1 for line in body.splitlines() if line and json.loads(line))
-
-
-def _plain(paths: list[Path], out: Path) -> dict:
-    """The straightforward version: everything in memory, dicts all the way."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    newest: dict[str, dict] = {}
-    reports = 0
-    for path in paths:
-        data = bz2.decompress(path.read_bytes())
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                text = tar.extractfile(member).read()
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    report = json.loads(line)
-                    reports += 1
-                    if report.get("positives", 0) <= 0:
-                        continue
-                    row = {
-                        "sha256": report["sha256"].lower(),
-                        "sha1": report.get("sha1"),
-                        "md5": report.get("md5"),
-                        "positives": report["positives"],
-                        "total": report.get("total"),
-                        "scan_date": datetime.strptime(report["scan_date"], "%Y-%m-%d %H:%M:%S"),
-                        "detection_names": ";".join(
-                            f"{e}:{s.get('result')}" for e, s in report.get("scans", {}).items() if s.get("detected")
-                        ),
-                        "source_package": path.name,
-                    }
-                    old = newest.get(row["sha256"])
-                    if old is None or row["scan_date"] > old["scan_date"]:
-                        newest[row["sha256"]] = row
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(list(newest.values())), out / "plain.parquet", compression="zstd")
-    return {"reports": reports, "written": len(newest)}
+    def round(self) -> dict[str, dict]:
+        results = {}
+        for kind in KINDS:
+            if kind.startswith("materialize"):
+                results[kind] = self.materialize(EMPTY_DAY if kind == "materialize_empty" else DAY)
+            else:
+                results[kind] = self.child(kind)
+        results["materialize"]["net_cpu_s"] = results["materialize"]["cpu_s"] - results["materialize_empty"]["cpu_s"]
+        return results
 
 
-def _run_child(kind: str, feed: Path, out: Path, workers: int = 1, repeat: int = 3) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--measure", kind, "--feed", str(feed), "--out", str(out)]
-    cmd += ["--workers", str(workers), "--repeat", str(repeat)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _spread(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--packages", type=int, default=4, help="packages in the day (default 4)")
-    parser.add_argument("--reports", type=int, default=1500, help="reports per package (default 1500, ~8 KB each)")
-    parser.add_argument("--workers", type=int, default=2, help="pool size for the RSS-vs-day-size run")
-    parser.add_argument("--scales", default="1,2,4", help="day sizes of the RSS run, in multiples of --packages")
-    parser.add_argument(
-        "--repeat", type=int, default=3,
-        help="passes per measurement, the least disturbed counts (the export: 3x as many, each paired with a bz2 pass)",
-    )
+    parser.add_argument("--packages", type=int, default=120, help="packages in the day (default 120)")
+    parser.add_argument("--reports", type=int, default=300, help="reports per package (default 300, ~8.5 KB each)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement (default 3)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ti_bench_vt_export"))
+    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="the ti_pipeline checkout to measure (default: this one)")
+    parser.add_argument("--bytecode-cache", type=Path,
+                        help="compile modules once into this folder (PYTHONPYCACHEPREFIX), as an installed package "
+                        "is; by default the environment decides (PYTHONDONTWRITEBYTECODE=1 compiles on every start)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--feed", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--day", type=date.fromisoformat, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.feed, args.out, args.workers, args.repeat)))
+        print(json.dumps(measure(args.measure, args.feed, args.out, args.day)))
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    feed = args.workdir / "feed"
-    print(f"writing {args.packages} packages x {args.reports} reports under {feed} ...", flush=True)
-    write_day(feed, args.packages, args.reports)
-    write_day(args.workdir / "warmup", 1, 20, seed=1)
-    out = args.workdir / "out"
+    bench = Bench(args.workdir, args.code.resolve(), args.bytecode_cache)
+    bench.prepare(args.packages, args.reports)
+    rounds, loads = [], []
+    for number in range(args.rounds):
+        loads.append(os.getloadavg())
+        rounds.append(bench.round())
+        floor = rounds[-1]["python_bz2"]["cpu_s"]
+        print(f"round {number + 1}: load {loads[-1][0]:.2f} | " + ", ".join(
+            f"{k} {r['cpu_s']:.2f}" for k, r in rounds[-1].items()) + f" | net materialize ratio "
+            f"{floor / rounds[-1]['materialize']['net_cpu_s']:.3f}", flush=True)
+    loads.append(os.getloadavg())
 
-    results = {k: _run_child(k, feed, out, repeat=args.repeat) for k in ("python_bz2", "bzip2_dc", "export", "plain")}
-    parsers = {p: _run_child(f"parse_{p}", feed, out, repeat=args.repeat) for p in ("msgspec", "orjson", "json", "msgspec+rules")}
-    floor = results["python_bz2"]
-    print(f"\ninput: {floor['packages']} packages, {floor['compressed_bytes'] / 1e6:.1f} MB compressed, "
-          f"{floor['decompressed_bytes'] / 1e6:.1f} MB decompressed, {results['export']['reports']:,} reports\n")
-    print(f"{'path':<12} {'cpu s':>7} {'MB/s in per CPU-s':>18} {'reports/s per CPU-s':>20} {'vs python bz2':>14} {'peak RSS MiB':>13}")
-    reports = results["export"]["reports"]
-    for kind, r in results.items():
-        mbps = r["compressed_bytes"] / 1e6 / r["cpu_s"]
-        ratio = floor["cpu_s"] / r["cpu_s"]
-        print(f"{kind:<12} {r['cpu_s']:>7.2f} {mbps:>18.2f} {reports / r['cpu_s']:>20,.0f} {ratio:>14.3f} {r['peak_rss_mib']:>13.1f}")
-    ratios = results["export"]["paired_ratios"]
-    quartiles = ratios[len(ratios) // 4], ratios[len(ratios) // 2], ratios[(3 * len(ratios)) // 4]
-    print(f"\nexport vs python bz2, alternating passes in one process (CPU-s ratio over {len(ratios)} pairs): "
-          f"median {quartiles[1]:.3f}, quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}")
-    print(f"export decompressed output: {results['export']['decompressed_bytes'] / 1e6 / results['export']['cpu_s']:.1f} MB/s per CPU-s "
-          f"(python bz2 alone: {floor['decompressed_bytes'] / 1e6 / floor['cpu_s']:.1f})")
-    print("\nparsing the same decompressed lines (MB/s of JSON per CPU-s):")
-    for name, r in parsers.items():
-        print(f"  {name:<14} {r['decompressed_bytes'] / 1e6 / r['cpu_s']:>8.1f}")
-    rules = parsers["msgspec+rules"]
-    floor_out = floor["decompressed_bytes"] / floor["cpu_s"]
-    print(f"  parse + rules cost {floor_out / (rules['decompressed_bytes'] / rules['cpu_s']):.1%} of decompressing the same bytes")
+    first = rounds[0]
+    floor = first["python_bz2"]
+    print(f"\ncode: {bench.code}, bytecode cache: {args.bytecode_cache or 'none'}\ninput: {floor['packages']} packages ({args.reports} reports each), "
+          f"{floor['compressed_bytes'] / 1e6:.1f} MB compressed, {floor['decompressed_bytes'] / 1e6:.1f} MB decompressed, "
+          f"{first['kernel_pool']['read']:,} reports, {first['kernel_pool']['written']:,} rows written "
+          f"(unaccounted {first['kernel_pool']['unaccounted']})")
+    print("load averages (1/5/15 min) at the start of each round and at the end: "
+          + "; ".join("/".join(f"{x:.2f}" for x in load) for load in loads))
+    print("\nratios: python bz2 CPU-s / the path's, in the same round (median, min-max), and least disturbed passes "
+          "(the smallest CPU-s of each over the rounds); against the one-process floor and the two-process one")
+    print(f"{'path':<20} {'CPU-s median (min-max)':>24} {'vs bz2 in the round':>26} {'least':>6} "
+          f"{'vs bz2 x2 in the round':>26} {'least':>6}")
+    least = {kind: min(r[kind]["net_cpu_s" if kind == "materialize" else "cpu_s"] for r in rounds) for kind in KINDS}
+    for kind in KINDS:
+        key = "net_cpu_s" if kind == "materialize" else "cpu_s"
+        cpu = [r[kind][key] for r in rounds]
+        label = "materialize - empty" if kind == "materialize" else kind
+        cells = []
+        for floor_kind in ("python_bz2", "python_bz2_x2"):
+            ratios = [r[floor_kind]["cpu_s"] / r[kind][key] for r in rounds]
+            cells += [_spread(ratios), f"{least[floor_kind] / least[kind]:.3f}"]
+        if kind == "materialize_empty":
+            cells = ["", "", "", ""]
+        print(f"{label:<20} {_spread(cpu, 2):>24} {cells[0]:>26} {cells[1]:>6} {cells[2]:>26} {cells[3]:>6}")
 
-    print(f"\npeak RSS as the day grows (pool of {args.workers}):")
-    print(f"{'packages':>9} {'worker peak RSS MiB':>20} {'parent peak RSS MiB':>20} {'wall s':>7}")
-    for scale in (int(x) for x in args.scales.split(",")):
-        day_feed = args.workdir / f"feed_x{scale}"
-        shutil.rmtree(day_feed, ignore_errors=True)
-        for i in range(scale):
-            for path in sorted(feed.rglob("*T*")):
-                minute = int(path.name[-4:-2]) * 60 + int(path.name[-2:]) + 1 + i
-                target = day_feed / path.parent.name / f"{path.parent.name}T{minute // 60:02d}{minute % 60:02d}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-        r = _run_child("pool", day_feed, out, args.workers)
-        print(f"{r['packages']:>9} {r['worker_peak_rss_mib']:>20.1f} {r['peak_rss_mib']:>20.1f} {r['wall_s']:>7.2f}")
+    print("\npeak RSS of a pool worker as the day grows (pool of 2):")
+    for day in (HALF_DAY, DAY):
+        r = bench.child("kernel_pool", day)
+        print(f"  {r['packages']:>5} packages: worker {r['worker_peak_rss_mib']:.1f} MiB, parent {r['peak_rss_mib']:.1f} MiB")
     print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs")
 
 

@@ -14,7 +14,6 @@ keeps its own formula.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import math
@@ -135,6 +134,7 @@ async def retry_call_async(
     rand: Callable[[], float] = random.random,
 ) -> T:
     """``retry_call`` for a coroutine function; the waits are ``asyncio.sleep``."""
+    import asyncio  # here, not at the top: a VT pool worker imports this module and never awaits
     retry = 0
     while True:
         try:

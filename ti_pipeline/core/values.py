@@ -14,7 +14,9 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from ti_pipeline.core import keys, schema
+# schema (SQLAlchemy) is imported where a function needs it: a VT pool worker applies these rules with the
+# column limits it is handed (vt_feed/records.py) and must not pay for importing SQLAlchemy.
+from ti_pipeline.core import keys
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # What DATETIME holds on MariaDB/MySQL (TiDB and SQLite hold more): the range every loader accepts.
@@ -84,14 +86,23 @@ def as_text(value: object) -> str | None:
     return None
 
 
+def too_long_reason(column: str) -> str:
+    """The reason a value longer than its column can hold is rejected with (every path that checks lengths)."""
+    return f"value_too_long:{column}"
+
+
+def too_long(value: str, chars: int, utf8_bytes: int | None) -> bool:
+    """Whether a column holding ``chars`` characters (and ``utf8_bytes`` UTF-8 bytes, for TEXT) cannot hold ``value``."""
+    return len(value) > chars or (utf8_bytes is not None and len(value) * 4 > utf8_bytes and len(value.encode()) > utf8_bytes)
+
+
 def oversized_column(table_name: str, row: dict) -> str | None:
     """The first string column of ``row`` longer than ``table_name`` can hold, or None."""
+    from ti_pipeline.core import schema
+
     for column, limit in schema.TEXT_LIMITS[table_name].items():
         value = row.get(column)
-        if isinstance(value, str) and (
-            len(value) > limit.chars
-            or (limit.utf8_bytes is not None and len(value) * 4 > limit.utf8_bytes and len(value.encode()) > limit.utf8_bytes)
-        ):
+        if isinstance(value, str) and too_long(value, limit.chars, limit.utf8_bytes):
             return column
     return None
 
@@ -100,7 +111,7 @@ def check_lengths(table_name: str, row: dict) -> dict:
     """``row`` unchanged, or ``InvalidValue("value_too_long:<column>")``: never truncated."""
     column = oversized_column(table_name, row)
     if column is not None:
-        raise InvalidValue(f"value_too_long:{column}")
+        raise InvalidValue(too_long_reason(column))
     return row
 
 
@@ -254,6 +265,8 @@ class ImportPolicy:
     """
 
     def __init__(self, classifications: Iterable[str]):
+        from ti_pipeline.core import schema
+
         self.classifications = frozenset(classifications)
         unknown = self.classifications - set(schema.FILE_CLASSIFICATIONS)
         if unknown:
@@ -269,6 +282,8 @@ class ImportPolicy:
         if not text:
             return cls(PRODUCTION_CLASSIFICATIONS)
         if text.upper() == "ALL":
+            from ti_pipeline.core import schema
+
             return cls(schema.FILE_CLASSIFICATIONS)
         return cls(part.strip().upper() for part in text.split(",") if part.strip())
 
@@ -277,6 +292,8 @@ class ImportPolicy:
 
     def text(self) -> str:
         """The admitted classifications in the ENUM's order: the ``import_classifications`` metadata."""
+        from ti_pipeline.core import schema
+
         return ",".join(c for c in schema.FILE_CLASSIFICATIONS if c in self.classifications)
 
     def __repr__(self) -> str:

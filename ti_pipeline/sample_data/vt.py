@@ -194,6 +194,47 @@ def _quirk_lines(day: date, v3: bool) -> list[bytes]:
     ]
 
 
+def _additional_info(rng: random.Random) -> dict:
+    """A slice of the allinfo extras (``additional_info``, tags, first_seen) so a report is feed-sized (~8.5 KB)."""
+    return {
+        "additional_info": {
+            "exiftool": {f"Field{i}": f"{rng.getrandbits(48):x} value {i}" for i in range(25)},
+            "imports": {f"lib{i}.dll": [f"Func{rng.randrange(999)}" for _ in range(6)] for i in range(8)},
+            "pe-resource-langs": {"NEUTRAL": rng.randrange(9), "ENGLISH US": rng.randrange(9)},
+            "trid": [{"file_type": "Win32 Executable (generic)", "probability": rng.random() * 100}],
+        },
+        "tags": ["peexe", "overlay", "signed"][: rng.randrange(4)],
+        "first_seen": (datetime(2020, 10, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(10**7))).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        ),
+    }
+
+
+def write_feed_day(store: ObjectStore, day: date, packages: int, reports: int, seed: int = 0) -> list[str]:
+    """A day of feed-sized v2 packages at minutes 0, 1, 2, ... (the shape of the real feed, for benchmarks):
+    every one of the 63 engines in ``scans``, ``additional_info`` (~8.5 KB a report), 40% of reports with
+    positives 0, files drawn from a pool of ``reports x packages`` so some are rescanned within the day.
+    Returns the object names."""
+    if not 0 < packages <= 1440:
+        raise ValueError(f"a day holds 1 to 1440 packages, not {packages}")
+    rng = random.Random(seed)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    names = []
+    for minute in range(packages):
+        lines = []
+        for _ in range(reports):
+            positives = 0 if rng.random() < 0.4 else rng.randint(1, 40)
+            family = rng.choice(FAMILIES)
+            detected = {e: f"{family}.{rng.randrange(999)}" for e in rng.sample(ENGINES, positives)}
+            scan = start + timedelta(seconds=rng.randrange(86400))
+            report = v2_report(rng.randrange(reports * packages), scan, detected, extra=_additional_info(rng))
+            lines.append(json.dumps(report).encode())
+        name = package_name(day, minute)
+        store.write_bytes(name, v2_package(lines))
+        names.append(name)
+    return names
+
+
 def write_vt_feed(
     store: ObjectStore,
     days: tuple[str, ...] = SAMPLE_DAYS,

@@ -4,13 +4,15 @@ Flow, with memory bounded at every step:
 1. list the day's packages ``{YYYYMMDD}/{YYYYMMDD}T{HHMM}``, exactly that name (missing minutes are
    counted, not errors; an object whose name only looks like one, ``T0023.partial``, ``T0023.tmp``,
    ``T0023~``, is an upload in progress or a leftover: listed as not read, never parsed);
-2. a process pool decompresses and parses one package per task and returns kept rows as Arrow batches
-   already split by sha256 prefix; at most ``2 x workers`` packages are in flight;
-3. the parent appends each batch to its prefix bucket, an Arrow IPC file on local disk (the spill);
+2. a process pool decompresses and parses one package per task (``package.process_package``) and
+   returns kept rows as plain columns; at most ``2 x workers`` packages are in flight;
+3. the parent makes them an Arrow batch, splits it by sha256 prefix and appends each piece to its
+   prefix bucket, an Arrow IPC file on local disk (the spill);
 4. bucket by bucket, in prefix order, the newest scan of each sha256 is kept and rows stream into
    Parquet parts of ``rows_per_part`` rows in row groups of ``row_group_rows``; so the partition is
    sorted by sha256 and a bucket (a fraction of the day chosen from its compressed size) is the most
-   the parent holds;
+   the parent holds; the kept reports per hour of scan and the first rows, for the metadata, are
+   taken from the rows as they are written, so nothing is read back;
 5. the ``_SUCCESS`` manifest is published last (``core.exports.publish_manifest``), which deletes
    the objects of the partition it does not list (parts of an earlier or killed run). The manifest
    is withdrawn first, so while a partition is being rebuilt readers see no partition rather than a mix.
@@ -22,7 +24,6 @@ the input alone and a re-run writes byte-identical parts.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tempfile
@@ -30,11 +31,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ti_pipeline.core import keys
@@ -49,11 +50,10 @@ from ti_pipeline.core.exports import (
     write_part,
 )
 from ti_pipeline.core.failpoints import failpoint
-from ti_pipeline.core.objectstore import ObjectInfo, ObjectStore, open_store
+from ti_pipeline.core.objectstore import ObjectInfo, ObjectStore
 from ti_pipeline.core.procpool import results_in_order, spawn_pool
-from ti_pipeline.core.retry import Backoff, retry_call
 from ti_pipeline.vt_feed import records
-from ti_pipeline.vt_feed.package import PackageResult, SourceError, read_package
+from ti_pipeline.vt_feed.package import PackageResult, process_package
 
 PACKAGES_PER_DAY = 1440
 # Compressed input per spill bucket when the bucket count is automatic: kept rows are a small
@@ -70,10 +70,8 @@ SORT_KEYS = [
     ("sha1", "ascending"),
     ("md5", "ascending"),
 ]
-# A package read that fails (a dropped connection, a truncated download) is tried 4 times in all.
-READ_RETRIES = Backoff(attempts=4, base=2.0, cap=30.0)
-
-log = logging.getLogger(__name__)
+# Rows of the day shown in its metadata (the first ones, in sha256 order).
+SAMPLE_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -101,6 +99,8 @@ class DaySummary:
     objects_not_read: list[str] = field(default_factory=list)  # in the day's folder, not packages
     worker_peak_rss_kib: int = 0
     spill_buckets: int = 0
+    scan_hours: list[int] = field(default_factory=lambda: [0] * 24)  # written rows by UTC hour of scan_date
+    sample_rows: list[dict] = field(default_factory=list)  # the first SAMPLE_ROWS rows written
 
     @property
     def figures(self):
@@ -129,32 +129,43 @@ def bucket_count(packages: Iterable[ObjectInfo], requested: int = 0) -> int:
     return max(1, min(MAX_BUCKETS, -(-compressed // BUCKET_INPUT_BYTES)))
 
 
-@lru_cache(maxsize=4)
-def _store(uri: str) -> ObjectStore:
-    return open_store(uri)
+def bucket_of(first_bytes: np.ndarray, buckets: int) -> np.ndarray:
+    """Spill bucket of each sha256 by its first byte: contiguous prefix ranges, so bucket order is sha256 order."""
+    return (first_bytes.astype(np.uint32) * buckets) >> 8
 
 
-def process_package(feed_uri: str, name: str, buckets: int, now: datetime) -> PackageResult:
-    """Worker task: one package from the feed store; read failures retried, then raised naming the object."""
-    store = _store(feed_uri)
-    url = store.url_of(name)
+def kept_batch(result: PackageResult) -> pa.RecordBatch | None:
+    """A package's kept rows (a worker's plain columns) as one Arrow batch in the export schema."""
+    if not result.columns:
+        return None
+    sha256, sha1, md5, positives, total, scan_date_us, detection_names = result.columns
+    arrays = [
+        pa.array(sha256, pa.binary(32)),
+        pa.array(sha1, pa.binary(20)),
+        pa.array(md5, pa.binary(16)),
+        pa.array(positives, pa.int32()),
+        pa.array(total, pa.int32()),
+        pa.array(scan_date_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array(detection_names, pa.string()),
+        pa.repeat(pa.scalar(result.name, pa.string()), len(sha256)),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=VT_FILE_REPORTS)
 
-    def read() -> PackageResult:
-        try:
-            raw = store.open_read(name)
-        except Exception as exc:
-            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
-        with raw:
-            result = read_package(raw, name, url, buckets, now)
-        failpoint("vt_export.package_decompressed")
-        return result
 
-    try:
-        return retry_call(
-            read, READ_RETRIES, what=f"reading {url}", retry_on=lambda exc: isinstance(exc, SourceError), logger=log
-        )
-    except SourceError as exc:
-        raise SourceError(f"cannot read {url}: {exc}") from exc
+def split_by_bucket(batch: pa.RecordBatch, buckets: int) -> list[tuple[int, pa.RecordBatch]]:
+    """(spill bucket, its rows) of ``batch``, buckets ascending, rows in their order within a bucket."""
+    sha256 = batch.column(0)
+    first = np.frombuffer(sha256.buffers()[1], dtype=np.uint8, count=len(sha256) * 32)[::32]
+    ids = bucket_of(first, buckets)
+    order = np.argsort(ids, kind="stable")
+    ordered = batch.take(pa.array(order))
+    counts = np.bincount(ids, minlength=buckets)
+    out, start = [], 0
+    for bucket, count in enumerate(counts.tolist()):
+        if count:
+            out.append((bucket, ordered.slice(start, count)))
+            start += count
+    return out
 
 
 class PackagePool:
@@ -175,7 +186,7 @@ class PackagePool:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def run(self, tasks: Iterable[tuple]) -> Iterator[PackageResult]:
+    def run(self, tasks: Iterable[tuple[str, str, records.Rules]]) -> Iterator[PackageResult]:
         if self._pool is None:
             for args in tasks:
                 yield process_package(*args)
@@ -305,7 +316,7 @@ def export_day(
     after it is rejected, since it would win "newest scan" forever.
     """
     day = keys.day(day)
-    now = now or datetime.now(UTC).replace(tzinfo=None)
+    rules = records.rules(now or datetime.now(UTC).replace(tzinfo=None))
     summary = DaySummary(day)
     acc = summary.accounting
     withdraw(export, VT_FILE_REPORTS_DATASET, day)
@@ -315,7 +326,7 @@ def export_day(
     kept_rows = 0
     with tempfile.TemporaryDirectory(prefix="vt-export-", dir=options.spill_dir) as tmp:
         spill = _Spill(Path(tmp), buckets)
-        tasks = ((feed.uri, p.name, buckets, now) for p in packages)
+        tasks = ((feed.uri, p.name, rules) for p in packages)
         for result in pool.run(tasks):
             acc.merge(result.accounting)
             acc.figures[f"packages_{result.format}"] += 1
@@ -324,14 +335,18 @@ def export_day(
             summary.worker_peak_rss_kib = max(summary.worker_peak_rss_kib, result.peak_rss_kib)
             if result.corrupt is not None:
                 summary.corrupt[result.name] = result.corrupt
-            for bucket, batch in result.batches:
-                spill.add(bucket, batch)
+            batch = kept_batch(result)
+            if batch is not None:
+                for bucket, rows in split_by_bucket(batch, buckets):
+                    spill.add(bucket, rows)
                 kept_rows += batch.num_rows
             on_quarantine(result.quarantine)
             on_package(result)
         writer = _PartWriter(export, day, Path(tmp), options.rows_per_part, options.row_group_rows)
         for table in spill.tables():
-            writer.add(newest_per_sha256(table))
+            newest = newest_per_sha256(table)
+            writer.add(newest)
+            _describe(summary, newest)
         summary.parts = writer.close()
     acc.written = sum(p.rows for p in summary.parts)
     acc.filter(records.FILTER_SUPERSEDED, kept_rows - acc.written)
@@ -348,6 +363,14 @@ def export_day(
     )
     _publish(export, summary)
     return summary
+
+
+def _describe(summary: DaySummary, written: pa.Table) -> None:
+    """Add rows about to be written to the day's hourly counts and, while it has fewer than SAMPLE_ROWS, its sample."""
+    hours = np.bincount(pc.hour(written.column("scan_date")).to_numpy(), minlength=24)
+    summary.scan_hours = [a + int(b) for a, b in zip(summary.scan_hours, hours, strict=True)]
+    if len(summary.sample_rows) < SAMPLE_ROWS:
+        summary.sample_rows += written.slice(0, SAMPLE_ROWS - len(summary.sample_rows)).to_pylist()
 
 
 def _publish(export: ObjectStore, summary: DaySummary) -> None:

@@ -6,8 +6,14 @@ whatever its first line holds (an array, a scalar, garbage): each bad line is on
 the rest of the package still reads; only binary data that is not a tar is a corrupt package.
 Decompression streams in
 ``CHUNK_BYTES`` pieces and tar headers are read in place (no ``tarfile`` stream copies), so a worker's
-memory depends on the chunk size and on the package's kept rows, never on the day. Kept rows leave
-the worker as Arrow batches already split into the day's sha256-prefix spill buckets.
+memory depends on the chunk size and on the package's kept rows, never on the day.
+
+This module is what a pool worker runs (``process_package``), so it imports only the kernel: bz2,
+tar headers, msgspec and the rules. Not pyarrow, numpy, SQLAlchemy or pandas (which pyarrow imports
+on first use): measured, they cost a worker ~3 CPU-seconds to import without a bytecode cache, the
+kernel's own imports ~0.15. Kept rows leave the worker as plain columns
+(``PackageResult.columns``, pickled: a few percent of the decompressed bytes); the step makes them
+Arrow (``vt_feed/export.py``).
 
 The decompressed stream is only ever read with ``read1``: ``BZ2File.read(n)`` gathers several pieces
 and, when the data ends early, raises and drops what it had gathered, so a truncated package would
@@ -17,19 +23,19 @@ lose up to ``n`` bytes of complete lines before the damage; ``read1`` hands each
 from __future__ import annotations
 
 import bz2
+import logging
 import re
 import resource
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import lru_cache
 from typing import BinaryIO
 
-import numpy as np
-import pyarrow as pa
-
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
-from ti_pipeline.core.exports import VT_FILE_REPORTS
+from ti_pipeline.core.failpoints import failpoint
+from ti_pipeline.core.objectstore import ObjectStore, open_store
+from ti_pipeline.core.retry import Backoff, retry_call
 from ti_pipeline.vt_feed import records
 
 CHUNK_BYTES = 1 << 20
@@ -39,6 +45,10 @@ EXCERPT_BYTES = 512
 _BLOCK = tarfile.BLOCKSIZE
 # Bytes that never occur in NDJSON (JSON escapes control characters; its whitespace is \t \n \r and space).
 _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# A package read that fails (a dropped connection, a truncated download) is tried 4 times in all.
+READ_RETRIES = Backoff(attempts=4, base=2.0, cap=30.0)
+
+log = logging.getLogger(__name__)
 
 
 class CorruptPackage(Exception):
@@ -55,8 +65,8 @@ class PackageResult:
     format: str  # v2 | v3 | unknown
     accounting: Accounting = field(default_factory=Accounting)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
-    # (spill bucket, kept rows of that bucket), buckets ascending.
-    batches: list[tuple[int, pa.RecordBatch]] = field(default_factory=list)
+    # Kept rows as columns in ``records.Kept`` order, each a tuple (empty when none is kept).
+    columns: tuple[tuple, ...] = ()
     compressed_bytes: int = 0
     decompressed_bytes: int = 0
     corrupt: str | None = None
@@ -79,44 +89,6 @@ class _CountingReader:
             raise SourceError(f"{type(exc).__name__}: {exc}") from exc
         self.bytes += len(data)
         return data
-
-
-def to_batches(kept: list[records.Kept], source_package: str, buckets: int) -> list[tuple[int, pa.RecordBatch]]:
-    """Kept rows as one Arrow batch in the export schema, split into spill buckets."""
-    if not kept:
-        return []
-    columns = list(zip(*kept, strict=True))
-    arrays = [
-        pa.array(columns[0], pa.binary(32)),
-        pa.array(columns[1], pa.binary(20)),
-        pa.array(columns[2], pa.binary(16)),
-        pa.array(columns[3], pa.int32()),
-        pa.array(columns[4], pa.int32()),
-        pa.array(columns[5], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        pa.array(columns[6], pa.string()),
-        pa.repeat(pa.scalar(source_package, pa.string()), len(kept)),
-    ]
-    return split_by_bucket(pa.RecordBatch.from_arrays(arrays, schema=VT_FILE_REPORTS), buckets)
-
-
-def bucket_of(first_bytes: np.ndarray, buckets: int) -> np.ndarray:
-    """Spill bucket of each sha256 by its first byte: contiguous prefix ranges, so bucket order is sha256 order."""
-    return (first_bytes.astype(np.uint32) * buckets) >> 8
-
-
-def split_by_bucket(batch: pa.RecordBatch, buckets: int) -> list[tuple[int, pa.RecordBatch]]:
-    sha256 = batch.column(0)
-    first = np.frombuffer(sha256.buffers()[1], dtype=np.uint8, count=len(sha256) * 32)[::32]
-    ids = bucket_of(first, buckets)
-    order = np.argsort(ids, kind="stable")
-    ordered = batch.take(pa.array(order))
-    counts = np.bincount(ids, minlength=buckets)
-    out, start = [], 0
-    for bucket, count in enumerate(counts.tolist()):
-        if count:
-            out.append((bucket, ordered.slice(start, count)))
-            start += count
-    return out
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:
@@ -183,8 +155,8 @@ def _chunks(stream: BinaryIO, first: bytes) -> Iterator[bytes]:
 class _LineParser:
     """Decodes blocks of whole lines and applies the rules; keeps line offsets only for rejects."""
 
-    def __init__(self, source: str, acc: Accounting, quarantine: list[QuarantineRecord], kept: list, now: datetime):
-        self.source, self.acc, self.quarantine, self.kept, self.now = source, acc, quarantine, kept, now
+    def __init__(self, source: str, acc: Accounting, quarantine: list[QuarantineRecord], kept: list, rules: records.Rules):
+        self.source, self.acc, self.quarantine, self.kept, self.rules = source, acc, quarantine, kept, rules
         self.decoded = 0  # bytes of lines handed to the decoder
 
     def feed(self, chunks: Iterator[bytes]) -> None:
@@ -226,7 +198,7 @@ class _LineParser:
     def _apply(self, report: records.Report, line: Callable[[], tuple[int, bytes]], offset: int) -> None:
         acc = self.acc
         acc.read += 1
-        verdict = records.evaluate(report, acc, self.now)
+        verdict = records.evaluate(report, acc, self.rules)
         if type(verdict) is records.Kept:
             self.kept.append(verdict)
             return
@@ -274,11 +246,11 @@ class _LineParser:
         self.quarantine.append(QuarantineRecord(self.source, text[:255], offset, raw[:EXCERPT_BYTES].hex()))
 
 
-def read_package(raw: BinaryIO, name: str, source: str, buckets: int, now: datetime) -> PackageResult:
+def read_package(raw: BinaryIO, name: str, source: str, rules: records.Rules) -> PackageResult:
     """Decompress, parse and filter one package; a corrupt package keeps the rows read before the damage.
 
     ``name`` is the object name (the ``source_package`` column), ``source`` its URL (quarantine rows),
-    ``now`` the run's clock (naive UTC) that scan dates may not lie more than a day after.
+    ``rules`` the run's (``records.rules``: its clock, the column limits).
     A truncated package keeps every complete line of the bzip2 blocks it holds whole; the unreadable
     remainder (the torn line and what followed) counts as one rejected record (``corrupt_package``)
     so the balance still holds, and is quarantined with the decompressed offset where it broke.
@@ -286,7 +258,7 @@ def read_package(raw: BinaryIO, name: str, source: str, buckets: int, now: datet
     result = PackageResult(name=name, format="unknown")
     counting = _CountingReader(raw)
     kept: list[records.Kept] = []
-    parser = _LineParser(source, result.accounting, result.quarantine, kept, now)
+    parser = _LineParser(source, result.accounting, result.quarantine, kept, rules)
     stream = bz2.BZ2File(counting)
     try:
         head = _read_exact(stream, _BLOCK)
@@ -313,6 +285,47 @@ def read_package(raw: BinaryIO, name: str, source: str, buckets: int, now: datet
         result.decompressed_bytes = stream.tell()
         stream.close()
     result.compressed_bytes = counting.bytes
-    result.batches = to_batches(kept, name, buckets)
-    result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result.columns = tuple(zip(*kept, strict=True))
+    result.peak_rss_kib = peak_rss_kib()
     return result
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS: Linux's ``VmHWM`` where there is one, since ``ru_maxrss`` survives exec
+    and so starts a spawned worker at its parent's peak."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@lru_cache(maxsize=4)
+def _store(uri: str) -> ObjectStore:
+    return open_store(uri)
+
+
+def process_package(feed_uri: str, name: str, rules: records.Rules) -> PackageResult:
+    """Worker task: one package from the feed store; read failures retried, then raised naming the object."""
+    store = _store(feed_uri)
+    url = store.url_of(name)
+
+    def read() -> PackageResult:
+        try:
+            raw = store.open_read(name)
+        except Exception as exc:
+            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
+        with raw:
+            result = read_package(raw, name, url, rules)
+        failpoint("vt_export.package_decompressed")
+        return result
+
+    try:
+        return retry_call(
+            read, READ_RETRIES, what=f"reading {url}", retry_on=lambda exc: isinstance(exc, SourceError), logger=log
+        )
+    except SourceError as exc:
+        raise SourceError(f"cannot read {url}: {exc}") from exc

@@ -109,6 +109,24 @@ _FIELD_REASONS = {
 }
 
 
+class Rules(NamedTuple):
+    """What the rules of a line take from the run: its clock (naive UTC; a scan more than a day after it is
+    rejected) and the limits of the ``detection_names`` column. Plain values made by ``rules`` in the
+    step, so a pool worker applies them without importing the schema (SQLAlchemy)."""
+
+    now: datetime
+    detection_names_chars: int
+    detection_names_utf8_bytes: int | None
+
+
+def rules(now: datetime) -> Rules:
+    """The rules of a run whose clock is ``now``, with the column limits of ``core/schema.py``."""
+    from ti_pipeline.core import schema
+
+    limit = schema.TEXT_LIMITS[TARGET_TABLE]["detection_names"]
+    return Rules(now, limit.chars, limit.utf8_bytes)
+
+
 class Kept(NamedTuple):
     """One kept report, in the export's column order (hashes as raw digests)."""
 
@@ -141,20 +159,19 @@ def _timestamp_us(value: datetime) -> int:
     return (value - _EPOCH) // _ONE_US
 
 
-def evaluate(report: Report, acc: Accounting, now: datetime) -> Kept | tuple[str, str]:
+def evaluate(report: Report, acc: Accounting, rules: Rules) -> Kept | tuple[str, str]:
     """The export's rules for one decoded report: a ``Kept`` row, or (``filtered``|``rejected``, name).
 
     Order: VT's "not found" answer, shape, then sha256 (a report without a valid sha256 is an error
     whatever its positives), then the filters; the rest (ranges, scan date, detections) is read only
-    for a report that is kept. ``now`` is the run's clock (naive UTC): a scan more than a day after it
-    is rejected. An invalid sha1 or md5 does not lose the report: the column is left empty and
+    for a report that is kept. A scan more than a day after ``rules.now`` (the run's clock) is rejected. An invalid sha1 or md5 does not lose the report: the column is left empty and
     counted in ``acc.figures``.
     """
     attributes = report.attributes
     if attributes is not None:
         if report.type not in (None, "file"):
             return ("rejected", REJECT_UNKNOWN_SHAPE)
-        return _evaluate_v3(report, attributes, acc, now)
+        return _evaluate_v3(report, attributes, acc, rules)
     if report.response_code == 0:
         return ("filtered", FILTER_NOT_FOUND)
     if report.sha256 is None and not report.scans and report.positives is None:
@@ -169,7 +186,7 @@ def evaluate(report: Report, acc: Accounting, now: datetime) -> Kept | tuple[str
         if not positives or positives < 0:
             return ("filtered", FILTER_POSITIVES_ZERO)
         total = _int(report.total, "total")
-        scan_date = values.parse_scan_date(report.scan_date, now)
+        scan_date = values.parse_scan_date(report.scan_date, rules.now)
     except values.InvalidValue as exc:
         return ("rejected", exc.reason)
     if scan_date is None:
@@ -179,10 +196,10 @@ def evaluate(report: Report, acc: Accounting, now: datetime) -> Kept | tuple[str
     except (msgspec.ValidationError, msgspec.DecodeError):
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
     names = values.detection_names([(engine, scan.result) for engine, scan in scans.items() if scan.detected])
-    return _kept(sha256, report.sha1, report.md5, positives, total, scan_date, names, acc)
+    return _kept(sha256, report.sha1, report.md5, positives, total, scan_date, names, acc, rules)
 
 
-def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, now: datetime) -> Kept | tuple[str, str]:
+def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, rules: Rules) -> Kept | tuple[str, str]:
     text = attributes.sha256 if attributes.sha256 is not None else report.id
     if text is None:
         return ("rejected", REJECT_MISSING_SHA256)
@@ -196,7 +213,7 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, now:
             return ("filtered", FILTER_POSITIVES_ZERO)
         if attributes.last_analysis_date is None:
             return ("rejected", REJECT_MISSING_SCAN_DATE)
-        scan_date = values.from_epoch_seconds(attributes.last_analysis_date, "scan_date", now)
+        scan_date = values.from_epoch_seconds(attributes.last_analysis_date, "scan_date", rules.now)
     except values.InvalidValue as exc:
         return ("rejected", exc.reason)
     try:
@@ -206,18 +223,15 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, now:
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
     total = sum(1 for r in results.values() if r.category in VERDICT_CATEGORIES)
     names = values.detection_names([(engine, r.result) for engine, r in results.items() if r.category == "malicious"])
-    return _kept(sha256, attributes.sha1, attributes.md5, positives, total or None, scan_date, names, acc)
+    return _kept(sha256, attributes.sha1, attributes.md5, positives, total or None, scan_date, names, acc, rules)
 
 
 def _kept(
     sha256: bytes, sha1: str | None, md5: str | None, positives: int, total: int | None,
-    scan_date: datetime, names: str | None, acc: Accounting,
+    scan_date: datetime, names: str | None, acc: Accounting, rules: Rules,
 ) -> Kept | tuple[str, str]:
-    if names is not None:
-        try:
-            values.check_lengths(TARGET_TABLE, {"detection_names": names})
-        except values.InvalidValue as exc:
-            return ("rejected", exc.reason)
+    if names is not None and values.too_long(names, rules.detection_names_chars, rules.detection_names_utf8_bytes):
+        return ("rejected", values.too_long_reason("detection_names"))
     return Kept(
         sha256,
         _optional_digest(sha1, "sha1", acc),

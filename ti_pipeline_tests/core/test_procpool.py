@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import types
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -48,3 +51,18 @@ def test_a_short_input_is_drained_in_order():
 def test_a_spawned_pool_through_the_loop():
     with spawn_pool(2) as pool:
         assert list(results_in_order((pool.submit(pow, 2, n) for n in range(8)), 4)) == [2**n for n in range(8)]
+
+
+def test_a_worker_does_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
+    """In a Dagster step the main script is the ``dagster`` CLI: a worker must not import it again."""
+    marker = tmp_path / "main-ran"
+    script = tmp_path / "parent_main.py"
+    script.write_text(f"open({str(marker)!r}, 'a').write('ran')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    with spawn_pool(2) as pool:
+        pids = set(results_in_order((pool.submit(os.getpid) for _ in range(4)), 4))
+    assert sys.modules["__main__"] is main  # the parent's main is back
+    assert os.getpid() not in pids
+    assert not marker.exists()  # multiprocessing's spawn context would have run the script in each worker

@@ -198,6 +198,22 @@ def test_buckets_parts_and_workers_do_not_change_the_rows(tmp_path: Path):
     assert 0 < many.worker_peak_rss_kib
 
 
+def test_the_summary_describes_the_written_rows_without_reading_them_back(tmp_path: Path):
+    feed = LocalStore(tmp_path / "feed")
+    write_vt_feed(feed, days=(DAY,), packages_per_day=6, reports_per_package=60)
+    out = LocalStore(tmp_path / "export")
+
+    summary, _ = export(feed, out, workers=2, spill_buckets=64)  # small buckets: the sample spans several
+
+    rows = partition_rows(out)
+    hours = [0] * 24
+    for r in rows:
+        hours[r["scan_date"].hour] += 1
+    assert summary.scan_hours == hours
+    assert len({h for h, n in enumerate(hours) if n}) > 1 and sum(hours) == summary.accounting.written
+    assert summary.sample_rows == rows[:5]
+
+
 def test_rerun_is_identical_and_deletes_parts_it_no_longer_writes(tmp_path: Path):
     feed = LocalStore(tmp_path / "feed")
     write_vt_feed(feed, days=(DAY,))

@@ -3,6 +3,8 @@
 import bz2
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +13,9 @@ import pytest
 
 from ti_pipeline.core.exports import VT_FILE_REPORTS
 from ti_pipeline.sample_data.vt import file_hashes, v2_package, v2_report, v3_object
-from ti_pipeline.vt_feed import package
-from ti_pipeline.vt_feed.package import read_package, split_by_bucket
+from ti_pipeline.vt_feed import package, records
+from ti_pipeline.vt_feed.export import kept_batch, split_by_bucket
+from ti_pipeline.vt_feed.package import read_package
 
 SCAN = datetime(2020, 11, 1, 10, 0, tzinfo=UTC)
 NOW = datetime(2020, 11, 2)  # the run's clock, naive UTC
@@ -23,13 +26,13 @@ def line(report: dict) -> bytes:
     return json.dumps(report).encode()
 
 
-def read(data: bytes, name: str = "20201101/20201101T1000", buckets: int = 1):
-    return read_package(io.BytesIO(data), name, f"file:///feed/{name}", buckets, NOW)
+def read(data: bytes, name: str = "20201101/20201101T1000"):
+    return read_package(io.BytesIO(data), name, f"file:///feed/{name}", records.rules(NOW))
 
 
 def rows(result) -> list[dict]:
-    batches = [batch for _, batch in result.batches]
-    return pa.Table.from_batches(batches, schema=VT_FILE_REPORTS).to_pylist() if batches else []
+    batch = kept_batch(result)
+    return pa.Table.from_batches([batch], schema=VT_FILE_REPORTS).to_pylist() if batch is not None else []
 
 
 def expected_row(index: int, scan: datetime, positives: int, names: str, package: str, total: int = 4) -> dict:
@@ -184,7 +187,7 @@ def test_unreadable_packages_are_corrupt_not_errors(data, reason):
     result = read(data)
     assert result.corrupt == reason
     assert (result.accounting.read, dict(result.accounting.rejected)) == (1, {"corrupt_package": 1})
-    assert result.batches == []
+    assert result.columns == ()
 
 
 def test_tar_with_a_bad_header_checksum_is_corrupt():
@@ -211,3 +214,21 @@ def test_split_by_bucket_orders_buckets_by_sha256_prefix():
         (2, [0x80]),
         (3, [0xFF]),
     ]
+
+
+def test_a_pool_worker_imports_only_the_kernel(tmp_path):
+    """A worker runs ``process_package`` in a fresh interpreter: it must not pay for pyarrow, numpy,
+    SQLAlchemy, pandas or Dagster (each costs more CPU to import than a small package to read)."""
+    name = "20201101/20201101T1000"
+    (tmp_path / "20201101").mkdir()
+    (tmp_path / name).write_bytes(v2_package([line(v2_report(1, SCAN, {"Avast": "A"}, engines=ENGINES))]))
+    code = (
+        "import sys, datetime\n"
+        "from ti_pipeline.vt_feed import package, records\n"
+        "rules = records.Rules(datetime.datetime(2020, 11, 2), 100, 100)\n"
+        f"result = package.process_package({tmp_path.as_uri()!r}, {name!r}, rules)\n"
+        "heavy = {'pyarrow', 'numpy', 'sqlalchemy', 'pandas', 'dagster'}\n"
+        "print(len(result.columns[0]), sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "[]"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from ti_pipeline.core import values
+from ti_pipeline.core import schema, values
 from ti_pipeline.core.accounting import Accounting
 from ti_pipeline.sample_data.vt import NO_VERDICT, file_hashes, v2_report, v3_object
 from ti_pipeline.vt_feed import records
@@ -24,7 +24,7 @@ def decode(report: dict) -> records.Report:
 
 
 def evaluate(report: dict, acc: Accounting | None = None, now: datetime = NOW):
-    return records.evaluate(decode(report), acc if acc is not None else Accounting(), now)
+    return records.evaluate(decode(report), acc if acc is not None else Accounting(), records.rules(now))
 
 
 def test_v2_report_is_kept_with_raw_digests_and_detection_names_in_report_order():
@@ -168,7 +168,7 @@ def test_a_scan_more_than_a_day_after_the_runs_clock_is_rejected_as_in_the_futur
 
 
 def test_detection_names_longer_than_the_column_holds_are_rejected_not_cut():
-    limit = values.schema.TEXT_LIMITS["ioc_file_hashes"]["detection_names"]
+    limit = schema.TEXT_LIMITS["ioc_file_hashes"]["detection_names"]
     longest = min(limit.chars, limit.utf8_bytes)  # ASCII: one byte a character
     report = v2_report(8, SCAN, {"Avast": "x" * (longest - len("Avast:"))}, engines=ENGINES)
     assert len(evaluate(report).detection_names) == longest
@@ -218,7 +218,7 @@ def _vt_positives(value: object) -> int | str:
         return records.validation_reason(exc)
     except msgspec.DecodeError:
         return records.REJECT_MALFORMED_JSON
-    verdict = records.evaluate(decoded, Accounting(), NOW)
+    verdict = records.evaluate(decoded, Accounting(), records.rules(NOW))
     return verdict.positives if isinstance(verdict, records.Kept) else verdict[1]
 
 

@@ -42,7 +42,6 @@ from ti_pipeline.defs.policies import ASSET_RETRY_POLICY
 from ti_pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from ti_pipeline.vt_feed.export import DaySummary, ExportOptions, PackagePool, export_day
 from ti_pipeline.vt_feed.package import PackageResult
-from ti_pipeline.vt_feed.summary import hourly_scans, sample_rows
 
 # The domain's one name: package, defs module, asset group and key prefix (of broccoli.py and load.py too).
 DOMAIN = "vt_feed"
@@ -133,12 +132,27 @@ def _run_partitions(days: list[str]) -> str:
     return ", ".join(days) if len(days) <= 3 else f"{days[0]} .. {days[-1]} ({len(days)} days)"
 
 
+def _blocking_failures(context, results: list[AssetCheckResult]) -> list[AssetCheckResult]:
+    """The selected blocking checks that failed at ERROR: Dagster's rule for "do not run downstream"."""
+    return [
+        r for r in results
+        if not r.passed and r.severity == AssetCheckSeverity.ERROR
+        and (key := AssetCheckKey(VT_FILE_REPORTS_KEY, r.check_name)) in context.selected_asset_check_keys
+        and context.assets_def.get_spec_for_check_key(key).blocking
+    ]
+
+
 def _day_events(context, export, feed, summary: DaySummary, days: list[str], max_corrupt_share: float):
     """One finished day: its materialization (its own accounting, row count, chart and sample rows), then
     its check evaluations, each for that partition. Yielded, not ``log_event``-ed, so each is stored as
-    the day finishes even if a later day fails the step."""
+    the day finishes even if a later day fails the step. A day whose blocking check failed gets its
+    evaluations but no materialization, and the names of those checks are returned: an asset backfill
+    requests a day's Broccoli and load once the day is materialized and does not read checks, so the day
+    must count as failed for its downstream to wait (docs/runbook.md, "History backfill")."""
     day = summary.day.isoformat()
     acc = summary.accounting
+    results = [reconcile_check(acc), corrupt_check(acc, [summary], max_corrupt_share)]
+    blocked = [r.check_name for r in _blocking_failures(context, results)]
     extra = {
         "days": MetadataValue.md(_days_table([summary])),
         "partitions": day,
@@ -146,21 +160,33 @@ def _day_events(context, export, feed, summary: DaySummary, days: list[str], max
         "worker_peak_rss_mib": MetadataValue.float(round(summary.worker_peak_rss_kib / 1024, 1)),
         "export_uri": export.uri,
         "feed_uri": feed.uri,
-        f"kept_reports_by_scan_hour[{day}]": bar_chart(hourly_scans(export, day), "UTC hour", 30),
-        f"sample_rows[{day}]": sample_table(sample_rows(export, day), VT_FILE_REPORTS),
+        f"kept_reports_by_scan_hour[{day}]": bar_chart(
+            {f"{hour:02d}:00": count for hour, count in enumerate(summary.scan_hours)}, "UTC hour", 30
+        ),
+        f"sample_rows[{day}]": sample_table(summary.sample_rows, VT_FILE_REPORTS),
         "objects_not_read_names": MetadataValue.md(_not_read([summary])),
     }
-    yield AssetMaterialization(asset_key=VT_FILE_REPORTS_KEY, partition=day, metadata=accounting_metadata(acc, extra))
+    if not blocked:
+        metadata = accounting_metadata(acc, extra)
+        # A one-day run yields the asset's output: Broccoli and the load in the same run (one day of the three
+        # assets) wait for it, so they run after a passing day and are skipped after a blocked one.
+        yield (
+            Output(None, metadata=metadata) if len(days) == 1
+            else AssetMaterialization(asset_key=VT_FILE_REPORTS_KEY, partition=day, metadata=metadata)
+        )
     selected = context.selected_asset_check_keys
-    for result in (reconcile_check(acc), corrupt_check(acc, [summary], max_corrupt_share)):
+    for result in results:
         key = AssetCheckKey(VT_FILE_REPORTS_KEY, result.check_name)
         if key in selected:
             yield _evaluation(context, key, result, day)
+    return blocked
 
 
 def _evaluation(context, key: AssetCheckKey, result: AssetCheckResult, day: str) -> AssetCheckEvaluation:
     """``result`` as the evaluation of ``day``'s partition, aimed at the materialization just stored
-    (what Dagster does for an ``AssetCheckResult`` of a one-partition step; it has no partition argument)."""
+    (what Dagster does for an ``AssetCheckResult`` of a one-partition step; it has no partition argument).
+    A blocked day stored none: its evaluation aims at the day's previous materialization, whose files the
+    re-export replaced, so the day's check status is this failure."""
     latest = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=VT_FILE_REPORTS_KEY, asset_partitions=[day]), limit=1
     ).records
@@ -194,7 +220,9 @@ def _evaluation(context, key: AssetCheckKey, result: AssetCheckResult, day: str)
         "as Parquet under TI_EXPORT_URI/vt_file_reports/date=YYYY-MM-DD: positives > 0, validated hashes, "
         "newest scan per sha256, written whole or not at all (_SUCCESS manifest last). A run of several "
         "days (a backfill range) records each day's materialization and checks as the day finishes; a day "
-        "that fails fails alone: the others stay materialized, the run fails at the end naming it."
+        "that fails fails alone: the others stay materialized, the run fails at the end naming it. Both checks "
+        "are blocking: a day failing one at ERROR is exported but not materialized, so its Broccoli "
+        "classification and load do not start."
     ),
     # Per-day results, never one for a range: the step yields an AssetMaterialization and check
     # evaluations per finished day (see _day_events) and no output for the range.
@@ -205,12 +233,14 @@ def _evaluation(context, key: AssetCheckKey, result: AssetCheckResult, day: str)
             asset=VT_FILE_REPORTS_KEY,
             description="read = written + filtered + rejected",
             partitions_def=vt_days,
+            blocking=True,
         ),
         AssetCheckSpec(
             "packages_corrupt",
             asset=VT_FILE_REPORTS_KEY,
             description="warns on any corrupt package, fails past max_corrupt_share of the packages found",
             partitions_def=vt_days,
+            blocking=True,
         ),
     ],
     pool="vt_decompress",
@@ -235,7 +265,7 @@ def vt_file_reports(
     options = options_from(config, ExportOptions)
     days = list(context.partition_keys)
     failed: dict[str, str] = {}
-    materialized = 0
+    materialized = blocked_days = 0
     with PackagePool(options.workers) as pool, ExitStack() as day_lock:
         context.log.info(f"{len(days)} day(s) from {feed.uri} with {pool.workers} worker(s) into {export.uri}")
         for day in days:
@@ -256,7 +286,12 @@ def vt_file_reports(
                     failed.update((later, f"not run: the process pool broke on {day}") for later in days if later > day)
                     break
                 continue
-            yield from _day_events(context, export, feed, summary, days, config.max_corrupt_share)
+            blocked = yield from _day_events(context, export, feed, summary, days, config.max_corrupt_share)
+            if blocked:
+                failed[day] = f"blocking check(s) failed: {', '.join(blocked)} (its Broccoli and load wait)"
+                blocked_days += 1
+                context.log.error(f"{ASSET_NAME}[{day}]: {failed[day]}; the day is not materialized")
+                continue
             materialized += 1
     if failed:
         listed = "\n".join(f"- {day}: {error}" for day, error in failed.items())
@@ -267,8 +302,9 @@ def vt_file_reports(
                 f"backfill's failed partitions (or materialize these days) to redo only them.\n{listed}"
             ),
             metadata={"failed_days": ", ".join(failed), "materialized_days": materialized},
-            # A retry of the step would redo every finished day of the range: only when none finished.
-            allow_retries=materialized == 0,
+            # A retry of the step would redo every finished day of the range: only when none finished,
+            # and never for a failed check (the same packages fail it again).
+            allow_retries=materialized == 0 and blocked_days == 0,
         )
     # The check outputs (one per step, not per day) so the step succeeds; the results are the per-day evaluations.
     for key in context.selected_asset_check_keys:
