@@ -1,13 +1,16 @@
 """Benchmark of the Sage file_rep path against a plain pymongo decode of the same file.
 
-For a generated mongodump file of --size-mb it measures, in the same run:
-  * plain:  ``bson.decode_file_iter`` over the file, nothing else (the reference decoder);
-  * path:   the whole file_rep path the asset runs (read, cut blocks, decode in the process pool,
-            rules, upsert into the warehouse, quarantine), in a child process;
-and reports MB/s and documents/s per CPU-second (user+sys of the process and its workers), the
-ratio path/plain, and peak RSS of the reading process and of the largest worker at 1x and 4x size.
+For a generated mongodump file of --size-mb (the real file_rep mix: ``sample_data.sage.file_rep_docs``)
+it measures, in one run, CPU-seconds (user + sys) of:
+  * plain:    ``bson.decode_file_iter`` over the file, nothing else (the reference decoder);
+  * kernel:   ``sage_dump.pipeline.process_stream`` in this process (cut, screen, decode, rules; no writes);
+  * asset:    ``dagster asset materialize --select sage_dump/ioc_file_hashes --partition r01`` in a fresh
+              process, counted with its pool workers (RUSAGE_CHILDREN around it), minus the same command
+              on an empty shard (r02: an empty file_rep.bson), which is reported apart as the fixed cost;
+and reports MB/s and documents/s per CPU-second, each ratio to plain, and the peak RSS of the largest
+process of the materialization.
 
-    python bench/bson_dump.py --size-mb 1024 [--warehouse-url mysql+pymysql://root@127.0.0.1/test]
+    flock /tmp/ti_bench.lock python bench/bson_dump.py --size-mb 256 [--warehouse-url mysql+pymysql://root@127.0.0.1/test]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,13 +30,14 @@ import bson
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
+ASSET = "sage_dump/ioc_file_hashes"
 
 
 def make_dump(size_mb: int) -> Path:
     """A deterministic file_rep dump of about ``size_mb`` MB (cached under bench/out)."""
     from ti_pipeline.sample_data.sage import file_rep_docs
 
-    path = OUT / f"file_rep_{size_mb}mb.bson"
+    path = OUT / f"file_rep_mix_{size_mb}mb.bson"
     if path.exists():
         return path
     OUT.mkdir(exist_ok=True)
@@ -52,104 +57,119 @@ def make_dump(size_mb: int) -> Path:
     return path
 
 
-def cpu_seconds() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+def own_cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
+def children_cpu() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
 
 
 def plain_pass(path: Path) -> dict:
-    cpu, wall = cpu_seconds(), time.perf_counter()
+    cpu, wall = own_cpu(), time.perf_counter()
     with open(path, "rb") as f:
         docs = sum(1 for _ in bson.decode_file_iter(f))
-    return {"docs": docs, "cpu_s": cpu_seconds() - cpu, "wall_s": time.perf_counter() - wall}
+    return {"docs": docs, "cpu_s": own_cpu() - cpu, "wall_s": time.perf_counter() - wall}
 
 
-def run_path(path: Path, warehouse_url: str, workers: int) -> dict:
-    """The asset's path in this (child) process; prints its figures as JSON."""
-    from ti_pipeline.core import migrations
-    from ti_pipeline.core.objectstore import LocalStore
-    from ti_pipeline.core.warehouse import Warehouse
-    from ti_pipeline.sage_dump.load import DumpOptions, load_dump_file
+def kernel_pass(path: Path) -> dict:
+    """The pure pipeline in this process: what a worker does, without the warehouse."""
+    from ti_pipeline.core.accounting import Accounting
+    from ti_pipeline.sage_dump.load import DumpOptions, rule_context
+    from ti_pipeline.sage_dump.pipeline import process_stream
 
-    migrations.upgrade(warehouse_url)
-    warehouse = Warehouse(warehouse_url)
-    store = LocalStore(path.parent)
-    cpu, wall = cpu_seconds(), time.perf_counter()
-    acc = load_dump_file(store, path.name, "file_rep", warehouse, quarantine_key=("sage_dump/ioc_file_hashes", "r01"), options=DumpOptions(workers=workers))
-    figures = {
-        "docs": acc.read,
-        "written": acc.written,
-        "unaccounted": acc.unaccounted,
-        "cpu_s": cpu_seconds() - cpu,
-        "wall_s": time.perf_counter() - wall,
-        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
-    warehouse.dispose()
+    acc = Accounting()
+    options = DumpOptions(workers=1)
+    cpu, wall = own_cpu(), time.perf_counter()
+    with open(path, "rb") as f:
+        for result in process_stream(f, "file_rep", path.name, rule_context(), workers=1, block_bytes=options.block_mib << 20):
+            acc.merge(result.accounting)
+    return {"docs": acc.read, "written": acc.written, "cpu_s": own_cpu() - cpu, "wall_s": time.perf_counter() - wall,
+            "accounting": acc.as_dict()}
+
+
+def materialize(root: Path, shard: str, warehouse_url: str, home: Path) -> dict:
+    """One partition through the Dagster CLI in a fresh process; CPU of it and its pool workers."""
+    env = {**os.environ, "TI_SAGE_DUMP_URI": f"file://{root}", "TI_WAREHOUSE_URL": warehouse_url,
+           "TI_DATA_DIR": str(home / "data"), "DAGSTER_HOME": str(home / "dagster")}
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "asset", "materialize", "-m", "ti_pipeline.definitions", "--select", ASSET, "--partition", shard]
+    cpu, wall = children_cpu(), time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    figures = {"cpu_s": children_cpu() - cpu, "wall_s": time.perf_counter() - wall,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if done.returncode != 0 or "RUN_SUCCESS" not in done.stderr + done.stdout:
+        raise SystemExit(f"materialization of {shard} failed:\n{done.stderr[-4000:]}")
     return figures
 
 
-def path_in_child(path: Path, warehouse_url: str, workers: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(path), "--warehouse-url", warehouse_url, "--workers", str(workers)],
-        check=True, capture_output=True, text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def fresh_warehouse(base_url: str | None, home: Path) -> str:
+    if not base_url:
+        return f"sqlite:///{home}/warehouse.sqlite"
+    import sqlalchemy as sa
+
+    from ti_pipeline.core import migrations, schema
+
+    migrations.upgrade(base_url)
+    engine = sa.create_engine(base_url)
+    with engine.begin() as conn:
+        for table in (schema.ioc_file_hashes, schema.quarantine, schema.partition_locks):
+            conn.execute(table.delete())
+    engine.dispose()
+    return base_url
 
 
-def fresh_warehouse(base_url: str | None, tag: str) -> str:
-    if base_url:
-        import sqlalchemy as sa
-
-        from ti_pipeline.core import migrations, schema
-
-        migrations.upgrade(base_url)
-        engine = sa.create_engine(base_url)
-        with engine.begin() as conn:
-            for table in (schema.ioc_file_hashes, schema.quarantine):
-                conn.execute(table.delete())
-        engine.dispose()
-        return base_url
-    return f"sqlite:///{tempfile.mkdtemp(prefix=f'bench-{tag}-')}/warehouse.sqlite"
+def dump_root(path: Path, home: Path) -> Path:
+    """r01 holds the file (a hard link, no copy), r02 an empty file_rep.bson (the fixed cost)."""
+    root = home / "dump"
+    for shard in ("r01", "r02"):
+        (root / shard / "cybereason").mkdir(parents=True)
+    target = root / "r01" / "cybereason" / "file_rep.bson"
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copyfile(path, target)
+    (root / "r02" / "cybereason" / "file_rep.bson").write_bytes(b"")
+    return root
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=1024, help="size of the 4x file; the 1x file is a quarter")
+    parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--warehouse-url", default=None, help="default: a fresh SQLite file")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_path(args.child, args.warehouse_url, args.workers)))
-        return
 
-    big = make_dump(args.size_mb)
-    small = make_dump(args.size_mb // 4)
-    mb = big.stat().st_size / 1e6
-    plain = plain_pass(big)
-    path = path_in_child(big, fresh_warehouse(args.warehouse_url, "4x"), args.workers)
-    path_small = path_in_child(small, fresh_warehouse(args.warehouse_url, "1x"), args.workers)
-    assert path["unaccounted"] == 0 and path["docs"] == plain["docs"], (path, plain)
+    path = make_dump(args.size_mb)
+    mb = path.stat().st_size / 1e6
+    plain = plain_pass(path)
+    kernel = kernel_pass(path)
+    with tempfile.TemporaryDirectory(prefix="bench-dump-") as tmp:
+        home = Path(tmp)
+        root = dump_root(path, home)
+        url = fresh_warehouse(args.warehouse_url, home)
+        empty = materialize(root, "r02", url, home)
+        asset = materialize(root, "r01", url, home)
+    assert kernel["docs"] == plain["docs"], (kernel, plain)
+    asset_cpu = asset["cpu_s"] - empty["cpu_s"]
 
-    def rate(r: dict) -> tuple[float, float]:
-        return mb / r["cpu_s"], r["docs"] / r["cpu_s"]
+    def rate(cpu_s: float) -> dict:
+        return {"cpu_s": round(cpu_s, 2), "mb_per_cpu_s": round(mb / cpu_s, 1), "docs_per_cpu_s": round(plain["docs"] / cpu_s),
+                "ratio_to_plain": round(plain["cpu_s"] / cpu_s, 3)}
 
-    p_mb, p_docs = rate(plain)
-    w_mb, w_docs = rate(path)
     report = {
         "file_mb": round(mb, 1),
         "documents": plain["docs"],
-        "workers": args.workers,
+        "kb_per_document": round(mb * 1000 / plain["docs"], 2),
         "warehouse": (args.warehouse_url or "sqlite").split("://")[0],
-        "plain_decode_file_iter": {"mb_per_cpu_s": round(p_mb, 1), "docs_per_cpu_s": round(p_docs), "wall_s": round(plain["wall_s"], 2)},
-        "file_rep_path": {"mb_per_cpu_s": round(w_mb, 1), "docs_per_cpu_s": round(w_docs), "wall_s": round(path["wall_s"], 2),
-                          "mb_per_wall_s": round(mb / path["wall_s"], 1), "written": path["written"]},
-        "ratio_path_over_plain_per_cpu_s": round(w_mb / p_mb, 3),
-        "peak_rss_mb": {
-            "1x": {"main": round(path_small["rss_main_mb"]), "worker": round(path_small["rss_worker_mb"])},
-            "4x": {"main": round(path["rss_main_mb"]), "worker": round(path["rss_worker_mb"])},
-        },
+        "load_average": os.getloadavg(),
+        "plain_decode_file_iter": rate(plain["cpu_s"]),
+        "kernel_inline": {**rate(kernel["cpu_s"]), "accounting": kernel["accounting"]},
+        "materialization_minus_empty": {**rate(asset_cpu), "wall_s": round(asset["wall_s"], 1),
+                                        "peak_rss_mb_largest_process": round(asset["peak_rss_mb"])},
+        "empty_partition_fixed_cost": {"cpu_s": round(empty["cpu_s"], 2), "wall_s": round(empty["wall_s"], 1)},
     }
     print(json.dumps(report, indent=2))
 

@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import bson
-from bson.codec_options import CodecOptions
+import numpy as np
 
 from ti_pipeline.core.accounting import Accounting, QuarantineRecord
 from ti_pipeline.core.procpool import results_in_order, spawn_pool
-from ti_pipeline.sage_dump.bson_stream import Block, Corrupt, GzipStream, document_offsets, iter_blocks
+from ti_pipeline.sage_dump.bson_stream import CODEC, Block, Corrupt, GzipStream, iter_blocks
 from ti_pipeline.sage_dump.rules import RULES, Filtered, Rejected, RuleContext
+from ti_pipeline.sage_dump.screen import SCREENS
 
-# Documents come back as plain dicts; datetimes stay naive UTC as in the dump.
-_CODEC = CodecOptions(tz_aware=False, unicode_decode_error_handler="replace")
 # Raw bytes kept per quarantined document (hex): enough to identify and usually to replay it.
 EXCERPT_BYTES = 2048
 
@@ -34,19 +33,35 @@ class BlockResult:
     bytes_read: int = 0
 
 
-def transform_block(collection: str, source: str, offset: int, data: bytes, ctx: RuleContext) -> BlockResult:
-    """Decode one block and apply the collection's rule to every document in it."""
+def transform_block(collection: str, source: str, block: Block, ctx: RuleContext) -> BlockResult:
+    """Apply the collection's rule to every document of one block.
+
+    The big collections are screened first (``screen.SCREENS``): a document the rule filters on its
+    top-level fields alone is counted without being decoded. Every other document is decoded with
+    ``bson.decode`` and given to the rule, one at a time: measured 2x cheaper per byte than
+    ``decode_all`` over a whole block, and a bad document costs only itself."""
     rule = RULES[collection]
+    data = block.data
     result = BlockResult(bytes_read=len(data))
     acc = result.accounting
     rows = result.rows
+    starts = np.frombuffer(block.starts, np.int64)
+    ends = np.append(starts[1:], len(data))
+    acc.read += len(starts)
+    decode = range(len(starts))
+    screen = SCREENS.get(collection)
+    if screen is not None:
+        outcome = screen(data, starts, ends, ctx)
+        for rule_name, count in zip(screen.outcomes[1:], np.bincount(outcome, minlength=len(screen.outcomes))[1:], strict=True):
+            if count:
+                acc.filter(rule_name, int(count))
+        decode = np.flatnonzero(outcome == 0).tolist()
     view = memoryview(data)
-    # One document at a time: measured 2x cheaper per byte than decode_all over a whole block, and a
-    # bad document costs only itself.
-    for start, end in document_offsets(data):
-        acc.read += 1
+    starts_at, ends_at = starts.tolist(), ends.tolist()
+    for i in decode:
+        start, end = starts_at[i], ends_at[i]
         try:
-            doc = bson.decode(view[start:end], _CODEC)
+            doc = bson.decode(view[start:end], CODEC)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a quarantined document
             reason = f"undecodable_document: {exc}"[:255]
             acc.reject("undecodable_document")
@@ -64,7 +79,7 @@ def transform_block(collection: str, source: str, offset: int, data: bytes, ctx:
                 for table, row in produced:
                     rows.setdefault(table, []).append(row)
                 continue
-        result.quarantine.append(QuarantineRecord(source, reason, offset + start, data[start:end][:EXCERPT_BYTES].hex()))
+        result.quarantine.append(QuarantineRecord(source, reason, block.offset + start, data[start:end][:EXCERPT_BYTES].hex()))
     return result
 
 
@@ -101,11 +116,11 @@ def process_stream(
             if isinstance(item, Corrupt):
                 yield corrupt_result(source, item)
             else:
-                yield transform_block(collection, source, item.offset, item.data, ctx)
+                yield transform_block(collection, source, item, ctx)
         return
     with spawn_pool(workers) as pool:
         submissions = (
-            pool.submit(transform_block, collection, source, item.offset, item.data, ctx)
+            pool.submit(transform_block, collection, source, item, ctx)
             if isinstance(item, Block)
             else corrupt_result(source, item)
             for item in blocks

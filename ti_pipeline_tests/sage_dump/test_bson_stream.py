@@ -11,7 +11,6 @@ from ti_pipeline.sage_dump.bson_stream import (
     Corrupt,
     GzipStream,
     UnreadableStream,
-    document_offsets,
     iter_blocks,
 )
 
@@ -27,11 +26,13 @@ def test_blocks_cut_exactly_at_document_boundaries(block_bytes):
     assert all(isinstance(i, Block) for i in items)
     assert b"".join(i.data for i in items) == b"".join(docs)
     assert sum(i.documents for i in items) == 200
-    offset = 0
+    offset, ids = 0, []
     for item in items:
         assert item.offset == offset
-        assert [bson.decode(item.data[s:e])["_id"] for s, e in document_offsets(item.data)]
+        bounds = [*item.starts, len(item.data)]
+        ids += [bson.decode(item.data[s:e])["_id"] for s, e in zip(bounds, bounds[1:], strict=False)]
         offset += len(item.data)
+    assert ids == [f"doc{i}" for i in range(200)]
 
 
 def test_torn_last_document_is_reported_with_its_offset():
