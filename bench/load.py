@@ -1,13 +1,24 @@
 """Benchmark of the ``sql`` loader into MariaDB/MySQL against the plain tools, on the same rows, same run.
 
-    python bench/load.py --rows 200000            # modest default
-    python bench/load.py --rows 1000000           # the issue's size
+    flock /tmp/ti_bench.lock python bench/load.py --rows 200000 --repeat 3
+    flock /tmp/ti_bench.lock python bench/load.py --rows 1000000 --repeat 1
 
-Measures rows/s of: a raw ``LOAD DATA LOCAL INFILE`` of the rows (a ready TSV) into an empty copy
-of ``ioc_file_hashes``; ``executemany`` INSERT batches into another empty copy; the ``sql`` loader
-(Parquet -> staging by LOAD DATA -> guarded merge) for a first day into the empty table, and for a
-second day (half new, half newer rescans) that merges into the filled table. Prints the ratios and
-the merge's share of the loader's time.
+Rows have the real shapes: random SHA256/SHA1/MD5, ``detection_names`` of one ``Engine:Result`` pair
+per positive (about 480 characters on average), and the Broccoli mix of ``sample_data/broccoli.py``
+(15% of SHA1s without an object, whitelist / indifferent / clean / unknown verdicts), loaded under
+the default import policy, so about a third of the rows are filtered ``classification_not_imported``.
+The export is sorted by sha256 as ``vt_feed/export.py`` writes it.
+
+Each repeat, on a fresh database, measures:
+- raw ``LOAD DATA LOCAL INFILE`` of a ready TSV of the rows the first day leaves in the table (the
+  admitted rows, in export order) into an empty copy of ``ioc_file_hashes``;
+- ``executemany`` INSERT batches of the same rows into another empty copy;
+- the loader kernel (``load_day``) on day 1 (empty table) and day 2 (half newer rescans of day 1,
+  half new files), with its staging / merge split;
+- the materialization as a user runs it: ``dagster asset materialize`` of ``vt_feed/ioc_file_hashes``
+  in a fresh process, once for an empty day (a published export with zero rows: the fixed cost) and
+  once for day 1 into an empty table.
+Ratios are raw LOAD DATA seconds / method seconds: both end with the same table.
 """
 
 from __future__ import annotations
@@ -15,93 +26,142 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
+from collections import defaultdict
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from ti_pipeline.core import migrations, schema, settings
-from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, VT_FILE_REPORTS
+from ti_pipeline.core import migrations, schema, settings, values
+from ti_pipeline.core.exports import (
+    BROCCOLI_CLASSIFICATIONS,
+    BROCCOLI_CLASSIFICATIONS_DATASET,
+    VT_FILE_REPORTS,
+    VT_FILE_REPORTS_DATASET,
+    Manifest,
+    publish_manifest,
+    write_part,
+)
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.core.values import ImportPolicy
 from ti_pipeline.core.warehouse import Warehouse
 from ti_pipeline.vt_feed.load import LoadSettings, load_day
 from ti_pipeline.vt_feed.load.sql import write_tsv
 
-CLASSES = np.array(["MALWARE", "RANSOMWARE", "UNWANTED", "HACKTOOL", None], dtype=object)
-# Every row is merged (the UNKNOWN ones too), so the figures compare with earlier runs of this bench.
-EVERYTHING = ImportPolicy.parse("ALL")
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+DAY1, DAY2, EMPTY_DAY = "2024-01-01", "2024-01-02", "2024-01-03"
+POLICY = ImportPolicy(values.PRODUCTION_CLASSIFICATIONS)
+ENGINES = [
+    "Kaspersky", "ESET-NOD32", "Microsoft", "BitDefender", "Avast", "AVG", "Symantec", "McAfee", "Sophos", "TrendMicro",
+    "DrWeb", "Fortinet", "GData", "Ikarus", "Emsisoft", "ClamAV", "Cyren", "Avira", "Panda", "Zillya", "VIPRE", "K7GW",
+    "Rising", "Jiangmin", "Tencent", "Yandex", "MAX", "Arcabit", "ALYac", "AhnLab-V3", "Cynet", "Elastic", "Lionic",
+    "MicroWorld-eScan", "FireEye", "Webroot", "Zoner", "SentinelOne", "CrowdStrike", "Malwarebytes",
+]
+RESULTS = [
+    "Trojan.Win32.Generic", "HEUR:Trojan.Win32.Agent.gen", "Win32/Kryptik.HMQP", "Trojan:Win32/Wacatac.B!ml",
+    "Gen:Variant.Razy.123456", "Win32:Malware-gen", "Trojan.GenericKD.46789012", "Artemis!7A3C8E2F1B04",
+    "Mal/Generic-S", "TROJ_GEN.R002C0DL321", "Trojan.DownLoader43.12345", "W32/Agent.ABCD!tr",
+    "Backdoor.Win32.Agent.xyz", "malicious (high confidence)", "Unsafe",
+]
+# sample_data/broccoli.py's labels as the sidecar holds them (label, classification), weights; None: no object (404).
+BROCCOLI = [
+    (("malware", "MALWARE"), 40), (("pua", "UNWANTED"), 14), (("ransomware", "RANSOMWARE"), 8), (("hacktool", "HACKTOOL"), 6),
+    (("maltool", "MALTOOL"), 3), (("suspicious", "SUSPICIOUS"), 8), (("whitelist", "WHITELIST"), 6),
+    (("indifferent", "INDIFFERENT"), 6), (("clean", "INDIFFERENT"), 4), (("unknown", "UNKNOWN"), 5), (("coinminer", None), 3),
+]
+SHARE_WITH_OBJECT = 0.85
 
 
 def fixed(values: np.ndarray, width: int) -> pa.Array:
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), values.size // width, [None, pa.py_buffer(values.tobytes())])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values.tobytes())])
 
 
-def day_tables(rng: np.random.Generator, ids: np.ndarray, scan: datetime) -> tuple[pa.Table, pa.Table]:
-    """Reports and sidecar for the files ``ids`` (hashes derived from the id, so days overlap by id)."""
-    n = len(ids)
-    seeds = np.random.default_rng(7).bytes(68 * (int(ids.max()) + 1))
-    raw = np.frombuffer(seeds, dtype=np.uint8).reshape(-1, 68)[ids]
-    sha256, sha1, md5 = fixed(raw[:, :32].copy(), 32), fixed(raw[:, 32:52].copy(), 20), fixed(raw[:, 52:68].copy(), 16)
-    positives = rng.integers(1, 70, n, dtype=np.int32)
-    names = pa.array([f"EngineA:Trojan.Gen.{i};EngineB:Malware.{i % 97}" for i in ids])
-    scans = pa.array(np.full(n, np.datetime64(scan.replace(tzinfo=None), "us")) + rng.integers(0, 86_400_000_000, n).astype("timedelta64[us]"))
-    reports = pa.table(
-        [sha256, sha1, md5, pa.array(positives), pa.array(np.full(n, 72, dtype=np.int32)), scans.cast(pa.timestamp("us", tz="UTC")), names, pa.array(["20240101T0000"] * n)],
-        schema=VT_FILE_REPORTS,
-    )
-    labels = CLASSES[ids % len(CLASSES)]
-    sidecar = pa.table(
-        [sha1, pa.array(labels, pa.string()), pa.array(labels, pa.string()), pa.array(np.where(labels == None, 404, 200).astype(np.int16)),  # noqa: E711
-         pa.array(np.full(n, np.datetime64("2024-02-01T00:00:00", "us"))).cast(pa.timestamp("us", tz="UTC"))],
-        schema=BROCCOLI_CLASSIFICATIONS,
-    )
-    return reports, sidecar
+def detections(rng: np.random.Generator, positives: np.ndarray) -> pa.Array:
+    names = []
+    for p in positives:
+        engines = rng.choice(len(ENGINES), min(int(p), len(ENGINES)), replace=False)
+        names.append(";".join(f"{ENGINES[e]}:{RESULTS[r]}" for e, r in zip(engines, rng.integers(0, len(RESULTS), len(engines)), strict=True)))
+    return pa.array(names)
 
 
-def write_export(store: LocalStore, day: str, reports: pa.Table, sidecar: pa.Table, part_rows: int) -> None:
-    import pyarrow.parquet as pq
+class Files:
+    """Hashes and the Broccoli answer of file ids 0..n-1 (the same file on every day)."""
 
-    from ti_pipeline.core.exports import (
-        BROCCOLI_CLASSIFICATIONS_DATASET,
-        VT_FILE_REPORTS_DATASET,
-        Manifest,
-        publish_manifest,
-        write_part,
-    )
+    def __init__(self, count: int):
+        raw = np.frombuffer(np.random.default_rng(7).bytes(68 * count), dtype=np.uint8).reshape(-1, 68)
+        self.sha256, self.sha1, self.md5 = raw[:, :32].copy(), raw[:, 32:52].copy(), raw[:, 52:68].copy()
+        rng = np.random.default_rng(3)
+        self.has_object = rng.random(count) < SHARE_WITH_OBJECT
+        weights = np.array([w for _, w in BROCCOLI], dtype=float)
+        self.answer = rng.choice(len(BROCCOLI), count, p=weights / weights.sum())
 
+    def day(self, ids: np.ndarray, day: str, seed: int) -> tuple[pa.Table, pa.Table]:
+        """Reports (sorted by sha256, as exported) and the sidecar of the files ``ids`` scanned on ``day``."""
+        rng = np.random.default_rng(seed)
+        n = len(ids)
+        positives = np.clip(rng.gamma(1.5, 12, n), 1, 70).astype(np.int32)
+        scans = np.datetime64(f"{day}T00:00:00", "us") + rng.integers(0, 86_400_000_000, n).astype("timedelta64[us]")
+        reports = pa.table(
+            [
+                fixed(self.sha256[ids], 32), fixed(self.sha1[ids], 20), fixed(self.md5[ids], 16), pa.array(positives),
+                pa.array(np.full(n, 72, dtype=np.int32)), pa.array(scans).cast(pa.timestamp("us", tz="UTC")),
+                detections(rng, positives), pa.array(np.full(n, day.replace("-", "") + "T0000")),
+            ],
+            schema=VT_FILE_REPORTS,
+        ).sort_by("sha256")
+        found = ids[self.has_object[ids]]
+        answers = [BROCCOLI[a][0] for a in self.answer[found]]
+        sidecar = pa.table(
+            [
+                fixed(self.sha1[found], 20), pa.array([c for _, c in answers], pa.string()), pa.array([label for label, _ in answers]),
+                pa.array(np.full(len(found), 200, dtype=np.int16)),
+                pa.array(np.full(len(found), np.datetime64(f"{day}T12:00:00", "us"))).cast(pa.timestamp("us", tz="UTC")),
+            ],
+            schema=BROCCOLI_CLASSIFICATIONS,
+        ).sort_by("sha1")
+        return reports, sidecar
+
+
+def write_export(store: LocalStore, day: str, reports: pa.Table, sidecar: pa.Table, part_rows: int = 100_000) -> None:
     for dataset, table in ((VT_FILE_REPORTS_DATASET, reports), (BROCCOLI_CLASSIFICATIONS_DATASET, sidecar)):
         parts = []
         with tempfile.TemporaryDirectory() as tmp:
-            for index, start in enumerate(range(0, table.num_rows, part_rows)):
+            for index, start in enumerate(range(0, max(table.num_rows, 1), part_rows)):
                 local = Path(tmp) / "p.parquet"
                 chunk = table.slice(start, part_rows)
-                pq.write_table(chunk, local)
+                pq.write_table(chunk, local, compression="zstd")
                 parts.append(write_part(store, dataset, day, index, local, chunk.num_rows))
         publish_manifest(store, Manifest(dataset, date.fromisoformat(day), tuple(parts), table.num_rows))
 
 
-def final_rows(reports: pa.Table, sidecar_classes: pa.Array) -> pa.Table:
-    """The rows as ioc_file_hashes holds them (what the plain tools load)."""
-    classification = pa.array([c or "UNKNOWN" for c in sidecar_classes.to_pylist()])
-    scan = reports.column("scan_date").cast(pa.timestamp("us"))
-    return pa.table({
-        "sha256": reports.column("sha256"), "sha1": reports.column("sha1"), "md5": reports.column("md5"),
-        "classification": classification, "source": pa.array(["VIRUS_TOTAL"] * reports.num_rows),
-        "detection_names": reports.column("detection_names"), "scan_date": scan,
-        "positives": reports.column("positives"), "total": reports.column("total"), "first_seen": scan, "last_seen": scan,
+def final_rows(reports: pa.Table, sidecar: pa.Table) -> pa.Table:
+    """Day 1's rows as ioc_file_hashes holds them after the load (no tokens, empty table): admitted only."""
+    joined = reports.join(sidecar.select(["sha1", "classification"]), "sha1", join_type="left outer").sort_by("sha256")
+    classification = pc.fill_null(joined.column("classification"), "UNKNOWN")
+    scan = joined.column("scan_date").cast(pa.timestamp("us"))
+    rows = pa.table({
+        "sha256": joined.column("sha256"), "sha1": joined.column("sha1"), "md5": joined.column("md5"),
+        "classification": classification, "source": pa.array(["VIRUS_TOTAL"] * joined.num_rows),
+        "detection_names": joined.column("detection_names"), "scan_date": scan,
+        "positives": joined.column("positives"), "total": joined.column("total"), "first_seen": scan, "last_seen": scan,
     })
+    return rows.filter(pc.is_in(classification, pa.array(POLICY.classifications)))
 
 
 def raw_load_data(engine: sa.Engine, table: str, rows: pa.Table) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rows.tsv")
-        for batch in rows.to_batches(max_chunksize=rows.num_rows):
-            write_tsv(batch, path)
+        write_tsv(rows.combine_chunks().to_batches()[0], path)
         binaries = ("sha256", "sha1", "md5")
         targets = ", ".join(f"@{c}" if c in binaries else f"`{c}`" for c in rows.column_names)
         sets = ", ".join(f"`{c}` = UNHEX(@{c})" for c in binaries)
@@ -132,68 +192,131 @@ def executemany(engine: sa.Engine, table: str, rows: pa.Table, batch: int) -> fl
     return time.perf_counter() - started
 
 
+def fresh_database(server: str, database: str) -> str:
+    admin = sa.create_engine(f"{server}/mysql")
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{database}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{database}`")
+    admin.dispose()
+    url = f"{server}/{database}?local_infile=1"
+    migrations.upgrade(url)
+    return url
+
+
+def materialize(url: str, export_root: Path, day: str, home: Path) -> tuple[float, str]:
+    """``dagster asset materialize`` of one day of vt_feed/ioc_file_hashes in a fresh process: wall seconds."""
+    env = {**os.environ, "TI_WAREHOUSE_URL": url, "TI_EXPORT_URI": f"file://{export_root}", "DAGSTER_HOME": str(home),
+           "TI_DATA_DIR": str(home / "data")}
+    args = [DAGSTER, "asset", "materialize", "-m", "ti_pipeline.definitions", "--select", "vt_feed/ioc_file_hashes", "--partition", day]
+    started = time.perf_counter()
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"materialize {day} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed, proc.stderr
+
+
+def spread(samples: list[float]) -> str:
+    if len(samples) == 1:
+        return f"{samples[0]:.2f}"
+    return f"{statistics.median(samples):.2f} ({min(samples):.2f}-{max(samples):.2f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000, help="rows per day (default 200000)")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--server", default=settings.resolve("TI_TEST_MYSQL_URL"))
     parser.add_argument("--database", default="ti_bench_load")
     parser.add_argument("--batch-rows", type=int, default=50_000, help="loader staging batch")
     parser.add_argument("--merge-chunk-rows", type=int, default=100_000)
     parser.add_argument("--executemany-batch", type=int, default=1000)
+    parser.add_argument("--no-dagster", action="store_true", help="skip the dagster asset materialize runs")
     args = parser.parse_args(argv)
     n = args.rows
-    rng = np.random.default_rng(1)
-    admin = sa.create_engine(f"{args.server}/mysql")
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{args.database}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{args.database}`")
-    url = f"{args.server}/{args.database}?local_infile=1"
-    migrations.upgrade(url)
-    warehouse = Warehouse(url)
-    engine = warehouse.engine
-    for copy in ("ioc_file_hashes_raw", "ioc_file_hashes_executemany"):
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE TABLE `{copy}` LIKE ioc_file_hashes")
+    started = time.perf_counter()
+    files = Files(n + n // 2)
+    reports1, sidecar1 = files.day(np.arange(n), DAY1, 1)
+    reports2, sidecar2 = files.day(np.arange(n // 2, n + n // 2), DAY2, 2)
+    rows1 = final_rows(reports1, sidecar1)
+    mean_chars = pc.mean(pc.utf8_length(reports1.column("detection_names"))).as_py()
+    print(f"generated in {time.perf_counter() - started:.1f}s: {n:,} rows per day, detection_names {mean_chars:.0f} chars on "
+          f"average, {rows1.num_rows:,} of day 1 admitted by the default policy; load average {os.getloadavg()}")
 
-    day1 = np.arange(n)
-    day2 = np.arange(n // 2, n + n // 2)  # half rescans of day 1 (newer), half new files
-    reports1, sidecar1 = day_tables(rng, day1, datetime(2024, 1, 1, tzinfo=UTC))
-    reports2, sidecar2 = day_tables(rng, day2, datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=1))
-    rows1 = final_rows(reports1, sidecar1.column("classification").combine_chunks())
-
-    results: list[tuple[str, float]] = []
+    log = logging.getLogger("bench.load")
+    seconds: dict[str, list[float]] = defaultdict(list)
+    splits: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    outcomes: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="ti-bench-load-") as tmp:
-        store = LocalStore(Path(tmp))
-        write_export(store, "2024-01-01", reports1, sidecar1, part_rows=100_000)
-        write_export(store, "2024-01-02", reports2, sidecar2, part_rows=100_000)
-        results.append(("raw LOAD DATA LOCAL INFILE (empty copy)", raw_load_data(engine, "ioc_file_hashes_raw", rows1)))
-        results.append((f"executemany INSERT, {args.executemany_batch}-row batches (empty copy)", executemany(engine, "ioc_file_hashes_executemany", rows1, args.executemany_batch)))
+        export_root = Path(tmp) / "export"
+        store = LocalStore(export_root)
+        write_export(store, DAY1, reports1, sidecar1)
+        write_export(store, DAY2, reports2, sidecar2)
+        write_export(store, EMPTY_DAY, reports1.slice(0, 0), sidecar1.slice(0, 0))
         load_settings = LoadSettings(batch_rows=args.batch_rows, merge_chunk_rows=args.merge_chunk_rows)
-        log = logging.getLogger("bench.load")
-        shares = {}
-        for label, day in (("sql loader, first day into the empty table", "2024-01-01"), ("sql loader, second day merging into the filled table", "2024-01-02")):
-            started = time.perf_counter()
-            load = load_day(warehouse, store, day, load_settings, log=log, quarantine=lambda r: None, policy=EVERYTHING)
-            elapsed = time.perf_counter() - started
-            results.append((label, elapsed))
-            f = load.accounting.figures
-            shares[label] = (f["merge_ms"] / 1000, f["staging_ms"] / 1000, f["inserted"], f["updated"])
-    with engine.connect() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(schema.ioc_file_hashes)).scalar_one()
-    warehouse.dispose()
+        for attempt in range(args.repeat):
+            url = fresh_database(args.server, args.database)
+            warehouse = Warehouse(url)
+            engine = warehouse.engine
+            for copy in ("ioc_file_hashes_raw", "ioc_file_hashes_executemany", "ioc_file_hashes_pk_only"):
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"CREATE TABLE `{copy}` LIKE ioc_file_hashes")
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE ioc_file_hashes_pk_only DROP INDEX ix_ioc_file_hashes_sha1, DROP INDEX ix_ioc_file_hashes_md5")
+            seconds["raw"].append(raw_load_data(engine, "ioc_file_hashes_raw", rows1))
+            seconds["raw_pk_only"].append(raw_load_data(engine, "ioc_file_hashes_pk_only", rows1))
+            seconds["executemany"].append(executemany(engine, "ioc_file_hashes_executemany", rows1, args.executemany_batch))
+            for label, day in (("day1", DAY1), ("day2", DAY2)):
+                began = time.perf_counter()
+                load = load_day(warehouse, store, day, load_settings, log=log, quarantine=lambda r: None, policy=POLICY)
+                seconds[label].append(time.perf_counter() - began)
+                f = load.accounting.figures
+                splits[label].append((f["staging_ms"] / 1000, f["merge_ms"] / 1000))
+                outcomes[label] = {
+                    "read": load.accounting.read, "inserted": f["inserted"], "updated": f["updated"],
+                    "kept_older": f["kept_older"], "not_imported": load.accounting.filtered["classification_not_imported"],
+                }
+            with engine.connect() as conn:
+                stored = conn.execute(sa.select(sa.func.count()).select_from(schema.ioc_file_hashes)).scalar_one()
+            warehouse.dispose()
+            if not args.no_dagster:
+                home = Path(tmp) / f"dagster_home_{attempt}"
+                home.mkdir()
+                url = fresh_database(args.server, args.database)
+                seconds["dagster_empty"].append(materialize(url, export_root, EMPTY_DAY, home)[0])
+                seconds["dagster_day1"].append(materialize(url, export_root, DAY1, home)[0])
+            print(f"repeat {attempt + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items())
+                  + f"; table {stored:,} rows; load average {os.getloadavg()}")
+    admin = sa.create_engine(f"{args.server}/mysql")
     with admin.begin() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{args.database}`")
     admin.dispose()
 
-    raw = n / results[0][1]
-    print(f"\n{n:,} rows per day; ioc_file_hashes ends with {count:,} rows (expected {n + n // 2:,})\n")
+    raw = statistics.median(seconds["raw"])
+    labels = {
+        "raw": "raw LOAD DATA LOCAL INFILE of day 1's admitted rows (empty copy)",
+        "raw_pk_only": "raw LOAD DATA, same rows, copy without the sha1/md5 indexes (index maintenance)",
+        "executemany": f"executemany INSERT, {args.executemany_batch}-row batches (empty copy)",
+        "day1": "loader kernel (load_day), day 1 into the empty table",
+        "day2": "loader kernel (load_day), day 2 merging into the filled table",
+        "dagster_day1": "dagster asset materialize, day 1 (fresh process, whole)",
+        "dagster_empty": "dagster asset materialize, an empty day (fixed cost)",
+    }
+    print(f"\n{n:,} rows per day, {args.repeat} repeat(s); median (min-max) seconds; rows/s = the day's {n:,} rows / median\n")
     print("| method | seconds | rows/s | vs raw LOAD DATA |\n|---|---:|---:|---:|")
-    for label, seconds in results:
-        print(f"| {label} | {seconds:.2f} | {n / seconds:,.0f} | {n / seconds / raw:.2f} |")
+    for key, label in labels.items():
+        if seconds.get(key):
+            median = statistics.median(seconds[key])
+            print(f"| {label} | {spread(seconds[key])} | {n / median:,.0f} | {raw / median:.2f} |")
+    if seconds.get("dagster_day1"):
+        net = [d - e for d, e in zip(seconds["dagster_day1"], seconds["dagster_empty"], strict=True)]
+        median = statistics.median(net)
+        print(f"| dagster asset materialize, day 1 minus the empty day | {spread(net)} | {n / median:,.0f} | {raw / median:.2f} |")
     print()
-    for label, (merge, staging, inserted, updated) in shares.items():
-        total = merge + staging
-        print(f"{label}: staging {staging:.2f}s, merge {merge:.2f}s = {merge / total:.0%} of the load; inserted {inserted:,}, updated {updated:,}")
+    for label in ("day1", "day2"):
+        staging = [s for s, _ in splits[label]]
+        merge = [m for _, m in splits[label]]
+        print(f"{labels[label]}: staging {spread(staging)}s, merge {spread(merge)}s; {outcomes[label]}")
     return 0
 
 

@@ -333,13 +333,14 @@ def _staging_type(arrow_type) -> sa.types.TypeEngine:
     raise TypeError(f"no staging column type for {arrow_type}")
 
 
-def staging_table(name: str, arrow_schema, primary_key: str) -> sa.Table:
-    """A table with one column per field of ``arrow_schema`` (same names), keyed by ``primary_key``."""
+def staging_table(name: str, arrow_schema, primary_key: str, *extra: sa.Column) -> sa.Table:
+    """A table with one column per field of ``arrow_schema`` (same names), keyed by ``primary_key``,
+    then the ``extra`` columns."""
     columns = [
         sa.Column(f.name, _staging_type(f.type), primary_key=f.name == primary_key, nullable=f.name != primary_key)
         for f in arrow_schema
     ]
-    return sa.Table(name, sa.MetaData(), *columns)
+    return sa.Table(name, sa.MetaData(), *columns, *extra)
 
 
 def vt_load_staging(day_yyyymmdd: str) -> tuple[sa.Table, sa.Table]:
@@ -352,3 +353,17 @@ def vt_load_staging(day_yyyymmdd: str) -> tuple[sa.Table, sa.Table]:
         staging_table(f"stage_vt_file_reports_{day_yyyymmdd}", VT_FILE_REPORTS, "sha256"),
         staging_table(f"stage_broccoli_{day_yyyymmdd}", BROCCOLI_CLASSIFICATIONS, "sha1"),
     )
+
+
+def vt_classified_staging(day_yyyymmdd: str) -> sa.Table:
+    """The ``sql`` loader's one staging table of a day (same name as the reports table above): the
+    report columns the merge reads (not ``source_package``) and the Broccoli classification, joined
+    to each row in process, so the merge needs neither a sidecar table nor a join by SHA1."""
+    import pyarrow as pa
+
+    from ti_pipeline.core.exports import VT_FILE_REPORTS
+
+    reports, _sidecar = vt_load_staging(day_yyyymmdd)
+    merged_fields = pa.schema([f for f in VT_FILE_REPORTS if f.name != "source_package"])
+    classification = sa.Column("classification", ioc_file_hashes.c.classification.type)
+    return staging_table(reports.name, merged_fields, "sha256", classification)

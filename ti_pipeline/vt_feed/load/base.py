@@ -1,8 +1,10 @@
 """The loader interface: stage one export day into per-day staging tables, then merge them.
 
-Every loader (``sql``, ``lightning``, ``import_into``) only fills the two staging tables (the VT
-reports and the Broccoli sidecar of the day, ``schema.vt_load_staging``); the merge into
-``ioc_file_hashes`` is the same SQL for all of them (``ti_pipeline.vt_feed.load.merge``).
+Every loader only fills staging tables; the merge into ``ioc_file_hashes`` is the same SQL for all
+of them (``ti_pipeline.vt_feed.load.merge``). The ``sql`` loader joins the Broccoli sidecar to the
+report rows in process and stages one table (``schema.vt_classified_staging``); the TiDB tools
+(``lightning``, ``import_into``) import the Parquet parts as they are into two tables, the reports
+and the sidecar (``schema.vt_load_staging``), which the merge joins by SHA1.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class StageRequest:
     reports: DayExport
     sidecar: DayExport
     reports_table: sa.Table
-    sidecar_table: sa.Table
+    sidecar_table: sa.Table | None
+    """None when the stager carries the classification in the report rows (``Stager.classifies``)."""
     settings: LoadSettings
     log: logging.Logger
     quarantine: Callable[[Sequence[QuarantineRecord]], None]
@@ -102,6 +105,8 @@ class Stager(Protocol):
     name: str
     # Why manifest rows may be missing from staging (the accounting's rejection reason).
     shortfall_reason: str
+    # True: stages the Broccoli classification in each report row (no sidecar table to join).
+    classifies: bool
 
     def stage(self, request: StageRequest) -> StageResult: ...
 

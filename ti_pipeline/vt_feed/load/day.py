@@ -67,11 +67,12 @@ def make_stager(name: str) -> Stager:
     return {"sql": SqlStager, "lightning": LightningStager, "import_into": ImportIntoStager}[name]()
 
 
-def recreate(warehouse: Warehouse, *tables: sa.Table) -> None:
-    """Drop and create the staging tables (a killed earlier run may have left them half full)."""
+def recreate(warehouse: Warehouse, day_yyyymmdd: str, *tables: sa.Table) -> None:
+    """Drop every staging table of the day, of any loader (a killed earlier run may have left them
+    half full), and create ``tables``."""
+    drop(warehouse, *schema.vt_load_staging(day_yyyymmdd))
     with warehouse.engine.begin() as conn:
         for table in tables:
-            table.drop(conn, checkfirst=True)
             table.create(conn)
 
 
@@ -114,9 +115,14 @@ def _load_day(
     sidecar = require_export(store, BROCCOLI_CLASSIFICATIONS_DATASET, day)
     check_parts(store, reports)
     check_parts(store, sidecar)
-    reports_table, sidecar_table = schema.vt_load_staging(reports.manifest.day.strftime("%Y%m%d"))
-    recreate(warehouse, reports_table, sidecar_table)
     stager = make_stager(settings.loader)
+    day_yyyymmdd = reports.manifest.day.strftime("%Y%m%d")
+    if stager.classifies:
+        reports_table, sidecar_table = schema.vt_classified_staging(day_yyyymmdd), None
+    else:
+        reports_table, sidecar_table = schema.vt_load_staging(day_yyyymmdd)
+    staging = [t for t in (reports_table, sidecar_table) if t is not None]
+    recreate(warehouse, day_yyyymmdd, *staging)
     acc = Accounting()
     started = time.monotonic()
     log.info(f"staging {len(reports.parts)} part(s) of {store.url_of(reports.prefix)} with the {stager.name} loader")
@@ -135,7 +141,8 @@ def _load_day(
         acc.reject(stager.shortfall_reason, shortfall)
         log.warning(f"{shortfall} report row(s) read but not staged: {stager.shortfall_reason}")
     acc.figures["staged_rows"] = staged
-    acc.figures["sidecar_staged_rows"] = warehouse.count(sidecar_table)
+    if sidecar_table is not None:
+        acc.figures["sidecar_rows"] = warehouse.count(sidecar_table)
 
     plan = MergePlan(reports_table, sidecar_table, warehouse.dialect, tuple(policy.classifications))
     started = time.monotonic()
@@ -146,12 +153,11 @@ def _load_day(
     not_imported = outcomes[values.FILTER_CLASSIFICATION_NOT_IMPORTED]
     acc.filter(values.FILTER_CLASSIFICATION_NOT_IMPORTED, not_imported)
     with warehouse.engine.connect() as conn:
-        missing = conn.execute(plan.missing_statement()).scalar_one()
-        outcomes["token_rows"] = conn.execute(plan.token_rows_statement()).scalar_one()
+        missing, outcomes["token_rows"] = (int(value) for value in conn.execute(plan.verify_statement()).one())
     for name in (*OUTCOMES, "token_rows"):
         acc.figures[name] = outcomes[name]
     acc.figures.update({k: v for k, v in outcomes.items() if k.startswith(("classification.", "not_imported."))})
-    drop(warehouse, reports_table, sidecar_table)
+    drop(warehouse, *staging)
     acc.figures["staging_ms"] = round(staging_seconds * 1000)
     acc.figures["merge_ms"] = round(merge_seconds * 1000)
     log.info(

@@ -91,6 +91,7 @@ def _poll(execute: Execute, job_id: int, *, log, poll_seconds, timeout, deadline
 class ImportIntoStager:
     name = "import_into"
     shortfall_reason = "not_imported_by_import_into"
+    classifies = False
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings

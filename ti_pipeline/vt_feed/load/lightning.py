@@ -114,6 +114,7 @@ def lightning_task(request: StageRequest, export: DayExport, table: str, work_di
 class LightningStager:
     name = "lightning"
     shortfall_reason = "not_imported_by_lightning"
+    classifies = False
 
     def stage(self, request: StageRequest) -> StageResult:
         settings = request.settings

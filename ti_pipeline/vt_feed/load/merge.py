@@ -5,6 +5,8 @@ Rules (docs/architecture.md, "VT load"):
   (the table's ``schema.MERGE_RULES`` guard, as on the dump load; an equal date re-applies the same
   values), so days loaded in any order or twice end in the same table;
 - ``first_seen``/``last_seen`` are the earliest/latest scan ever loaded;
+- the incoming Broccoli classification is the staged row's own ``classification`` (the ``sql``
+  loader joined it in process) or, for the TiDB tools' staging, the sidecar table's row of its SHA1;
 - classification: a curated SHA256/SHA1/MD5 token (``ioc_tokens``, its word read as
   ``values.classification_of`` reads it: malware -> MALWARE, whitelist -> WHITELIST, hacktool ->
   HACKTOOL, ...) outranks everything and makes the row's source ``TOKENS``; a row stored from a token
@@ -63,6 +65,11 @@ def token_classification(response: sa.ColumnElement) -> sa.ColumnElement:
     return sa.case(*((sa.literal_column(f"'{k}'"), _lit(c)) for k, c in whens.items()), value=key, else_=None)
 
 
+def count(condition: sa.ColumnElement) -> sa.ColumnElement:
+    """The number of rows where ``condition`` holds (0, not NULL, over no rows)."""
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
 def classification_rule(new_class, new_source, old_class, old_source, guard) -> sa.ColumnElement:
     """The stored row's classification after a merge (module doc): one rule for the merge's SET and its filter."""
     tokens = _lit("TOKENS")
@@ -79,11 +86,13 @@ def classification_rule(new_class, new_source, old_class, old_source, guard) -> 
 class MergePlan:
     """The statements that merge one day's staging tables (built once, run per chunk of keys).
 
-    ``admitted``: the classifications the import policy lets into the table (``ImportPolicy.classifications``).
+    ``sidecar``: the staged Broccoli sidecar, joined by SHA1; None when ``reports`` carries each row's
+    ``classification``. ``admitted``: the classifications the import policy lets into the table
+    (``ImportPolicy.classifications``).
     """
 
     reports: sa.Table
-    sidecar: sa.Table
+    sidecar: sa.Table | None
     dialect: str
     admitted: tuple[str, ...]
 
@@ -99,15 +108,20 @@ class MergePlan:
 
         Returns ``(from clause, incoming row columns, stored row alias, final classification)``.
         """
-        s, b = self.reports.c, self.sidecar.c
-        joined = self.reports.outerjoin(self.sidecar, b.sha1 == s.sha1)
+        s = self.reports.c
+        if self.sidecar is None:
+            joined, broccoli_class = self.reports, s.classification
+        else:
+            b = self.sidecar.c
+            joined = self.reports.outerjoin(self.sidecar, b.sha1 == s.sha1)
+            valid = b.classification.in_([_lit(c) for c in schema.FILE_CLASSIFICATIONS])
+            broccoli_class = sa.case((valid, b.classification), else_=None)
         responses = []
         for digest in TOKEN_DIGESTS:
             token = schema.ioc_tokens.alias(f"tok_{digest}")
             joined = joined.outerjoin(token, token.c.token == sa.func.lower(sa.func.hex(s[digest])))
             responses.append(token.c.response)
         token_class = token_classification(sa.func.coalesce(*responses))
-        broccoli_class = sa.case((b.classification.in_([_lit(c) for c in schema.FILE_CLASSIFICATIONS]), b.classification), else_=None)
         incoming = (
             sa.select(
                 s.sha256, s.sha1, s.md5, s.detection_names, s.scan_date, s.positives, s.total,
@@ -197,10 +211,6 @@ class MergePlan:
         inserted, updated, reapplied, kept_older (``count_outcomes`` applies the policy to it)."""
         joined, new, stored, final = self._classified(lo, hi)
         old = stored.c
-
-        def count(condition) -> sa.ColumnElement:
-            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
         final = final.label("final_classification")  # grouped by this name: the joined tables have a "classification"
         return (
             sa.select(
@@ -214,24 +224,19 @@ class MergePlan:
             .group_by(final)
         )
 
-    def token_rows_statement(self) -> sa.Select:
-        """The day's rows that a curated token classifies (after the merge)."""
-        s = self.reports.c
-        return (
-            sa.select(sa.func.count())
-            .select_from(self.reports.join(TARGET, TARGET.c.sha256 == s.sha256))
-            .where(TARGET.c.source == _lit("TOKENS"))
-        )
-
     def next_bound(self, lo: bytes | None, chunk_rows: int) -> sa.Select:
         key = self.reports.c.sha256
         query = sa.select(key).order_by(key).offset(chunk_rows - 1).limit(1)
         return query.where(key > sa.bindparam("lo", lo, type_=sa.BINARY(32))) if lo is not None else query
 
-    def missing_statement(self) -> sa.Select:
-        """Staged rows the policy admits that the target does not hold (must be none after the merge)."""
+    def verify_statement(self) -> sa.Select:
+        """After the merge, in one pass: ``(missing, token_rows)``, the staged rows the policy admits
+        that the target does not hold (must be none) and the day's rows a curated token classifies."""
         joined, _new, stored, final = self._classified(None, None)
-        return sa.select(sa.func.count()).select_from(joined).where(stored.c.sha256.is_(None), self._admitted(final))
+        return sa.select(
+            count(sa.and_(stored.c.sha256.is_(None), self._admitted(final))).label("missing"),
+            count(stored.c.source == _lit("TOKENS")).label("token_rows"),
+        ).select_from(joined)
 
 
 def key_ranges(conn: sa.Connection, plan: MergePlan, chunk_rows: int):

@@ -1,4 +1,11 @@
-"""The ``sql`` loader: stream the listed Parquet parts into the staging tables in bounded batches.
+"""The ``sql`` loader: stream the listed Parquet parts into the day's staging table in bounded batches.
+
+The Broccoli sidecar is read first into an in-process lookup (``BroccoliLookup``: its SHA1s sorted,
+about 21 bytes per classified file), and each report batch carries its row's classification into
+the one staging table (``schema.vt_classified_staging``), so the merge joins no sidecar table. The
+export is sorted by sha256, so batches arrive in key order and the staging table's only index, its
+primary key, grows at its end. A worker thread prepares the next batch (Parquet read, checks, join,
+the TSV file) while the server loads the current one (``read_ahead``).
 
 MySQL-family servers get one ``LOAD DATA LOCAL INFILE`` per batch (a tab-separated file written by
 polars, binary columns as hex and UNHEXed by the server); a server that refuses local infile gets
@@ -21,8 +28,10 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -35,7 +44,7 @@ from sqlalchemy.pool import NullPool
 
 from ti_pipeline.core import schema, values
 from ti_pipeline.core.accounting import QuarantineRecord
-from ti_pipeline.core.exports import DayExport, iter_batches
+from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, DayExport, iter_batches
 from ti_pipeline.vt_feed.load.base import StageRequest, StageResult, mysql_family, quote_identifier, retrying
 
 # Server or client refusing LOAD DATA LOCAL: not allowed (1148), disabled (3948; MariaDB 4166), rejected (2068).
@@ -130,7 +139,7 @@ def _column_problems(name: str, array: pa.Array, column: sa.Column, limits: Mapp
         too_long = pc.greater(pc.utf8_length(array), limit.chars)
         if limit.utf8_bytes is not None:
             too_long = pc.or_(too_long, pc.greater(pc.binary_length(array), limit.utf8_bytes))
-        yield f"value_too_long:{name}", too_long
+        yield values.too_long_reason(name), too_long
 
 
 def row_problems(
@@ -175,6 +184,87 @@ class _Batch:
     offsets: pa.Array
     url: str
     read: int
+    tsv: str | None = None
+    """The rows written for LOAD DATA (when that is how they go), by ``SqlStager._prepare``."""
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator[_Batch]) -> Iterator[_Batch]:
+    """``items``, each made in a worker thread while the caller works on the one before: Parquet
+    decoding, Arrow and the TSV writer release the GIL, so they overlap the server's LOAD DATA."""
+    with ThreadPoolExecutor(1, thread_name_prefix="ti-stage") as pool:
+        pending = pool.submit(next, items, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, items, _END)
+            yield item
+
+
+# ---- the Broccoli sidecar, joined in process ------------------------------------------------------
+
+CLASSIFICATION_VALUES = pa.array(schema.FILE_CLASSIFICATIONS)
+SIDECAR_COLUMNS = ("sha1", "classification")
+# What the sidecar's rows are checked against: a SHA1 of 20 bytes (the other columns are not read).
+SIDECAR_CHECKS = schema.staging_table("broccoli_sidecar", pa.schema([f for f in BROCCOLI_CLASSIFICATIONS if f.name in SIDECAR_COLUMNS]), "sha1")
+
+
+def _sha1_keys(sha1: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A SHA1 column as numpy ``S20`` (numpy's string order is byte order for equal lengths) and the
+    mask of the rows that hold a 20-byte value (a null or another length can match nothing)."""
+    usable = pc.fill_null(pc.equal(pc.binary_length(sha1), 20), False)
+    if sha1.type != pa.binary(20):
+        sha1 = pc.if_else(usable, sha1, pa.scalar(bytes(20), sha1.type)).cast(pa.binary(20))
+    raw = np.frombuffer(sha1.buffers()[1], dtype="S20")
+    return raw[sha1.offset : sha1.offset + len(sha1)], usable.to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True)
+class BroccoliLookup:
+    """The day's Broccoli classification per SHA1: ``sha1s`` ascending (numpy ``S20``) and ``codes``,
+    each an index into ``schema.FILE_CLASSIFICATIONS``. Only SHA1s with a classification are held;
+    ``distinct`` counts every SHA1 the sidecar answered for."""
+
+    sha1s: np.ndarray
+    codes: np.ndarray
+    distinct: int
+
+    @classmethod
+    def build(cls, batches: Iterable[pa.RecordBatch]) -> BroccoliLookup:
+        """From the sidecar's checked rows (non-null 20-byte SHA1s). A repeated SHA1 keeps its first
+        row, as the keyed sidecar table did; a value outside the enum counts as no classification."""
+        keys, codes = [np.empty(0, dtype="S20")], [np.empty(0, dtype=np.int8)]
+        for batch in batches:
+            keys.append(_sha1_keys(batch.column("sha1"))[0].copy())
+            index = pc.index_in(batch.column("classification"), value_set=CLASSIFICATION_VALUES)
+            codes.append(pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int8))
+        all_keys, all_codes = np.concatenate(keys), np.concatenate(codes)
+        order = np.argsort(all_keys, kind="stable")
+        ordered = all_keys[order]
+        first = np.ones(len(ordered), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        kept_codes = all_codes[order[first]]
+        classified = kept_codes >= 0
+        return cls(ordered[first][classified], kept_codes[classified], int(first.sum()))
+
+    def __len__(self) -> int:
+        return len(self.sha1s)
+
+    def classify(self, sha1: pa.Array) -> pa.Array:
+        """Per row, its SHA1's classification (null: no SHA1, no sidecar row, or none given)."""
+        if not len(self.sha1s) or not len(sha1):
+            return pa.nulls(len(sha1), pa.string())
+        keys, usable = _sha1_keys(sha1)
+        where = np.minimum(np.searchsorted(self.sha1s, keys), len(self.sha1s) - 1)
+        found = (self.sha1s[where] == keys) & usable
+        indices = pa.array(self.codes[where].astype(np.int32), mask=~found)
+        return CLASSIFICATION_VALUES.take(indices)
+
+
+def classified(rows: pa.RecordBatch, table: sa.Table, lookup: BroccoliLookup) -> pa.RecordBatch:
+    """The staging table's columns of a report batch, its ``classification`` from the sidecar."""
+    columns = [lookup.classify(rows.column("sha1")) if c.name == "classification" else rows.column(c.name) for c in table.columns]
+    return pa.RecordBatch.from_arrays(columns, names=[c.name for c in table.columns])
 
 
 # ---- the stager ----------------------------------------------------------------------------------
@@ -183,6 +273,7 @@ class _Batch:
 class SqlStager:
     name = "sql"
     shortfall_reason = "duplicate_sha256_in_export"
+    classifies = True
 
     def __init__(self) -> None:
         self._use_load_data = True
@@ -193,25 +284,50 @@ class SqlStager:
         self._use_load_data = request.settings.load_data and mysql_family(wh)
         engine = self._staging_engine(wh.engine)
         try:
-            index = 0
-            reports = self._batches(request, request.reports, request.reports_table, result.rejected, REQUIRED, REPORT_TEXT_LIMITS)
-            for batch in reports:
-                result.read += batch.read
-                if batch.rows.num_rows:
-                    self._send(engine, request, request.reports_table, batch, result.rejected, result.figures, f"staging batch {index}")
-                result.figures["staged_batches"] += 1
-                request.log.info(f"staged {result.read:,} report rows of {request.reports.prefix} ({index + 1} batches)")
-                request.event("staged_batch", index)
-                index += 1
-            sidecar_rejected: Counter[str] = Counter()
-            for batch in self._batches(request, request.sidecar, request.sidecar_table, sidecar_rejected, ("sha1",), {}):
-                result.figures["sidecar_rows_read"] += batch.read
-                if batch.rows.num_rows:
-                    self._send(engine, request, request.sidecar_table, batch, sidecar_rejected, result.figures, "staging sidecar batch")
-            result.figures["sidecar_rejected"] += sum(sidecar_rejected.values())
+            lookup = self._sidecar(request, result.figures)
+            table = request.reports_table
+            with tempfile.TemporaryDirectory(prefix="ti-stage-") as tmp:
+                checked = self._batches(request, request.reports, table, result.rejected, REQUIRED, REPORT_TEXT_LIMITS)
+                prepared = (self._prepare(batch, table, lookup, os.path.join(tmp, f"batch-{i}.tsv")) for i, batch in enumerate(checked))
+                # Closed before the folder goes: the worker may be writing the next batch's file into it.
+                with closing(read_ahead(prepared)) as batches:
+                    for index, batch in enumerate(batches):
+                        result.read += batch.read
+                        if batch.rows.num_rows:
+                            self._send(engine, request, table, batch, result.rejected, result.figures, f"staging batch {index}")
+                        result.figures["staged_batches"] += 1
+                        request.log.info(f"staged {result.read:,} report rows of {request.reports.prefix} ({index + 1} batches)")
+                        request.event("staged_batch", index)
         finally:
             engine.dispose()
         return result
+
+    def _prepare(self, batch: _Batch, table: sa.Table, lookup: BroccoliLookup, tsv: str) -> _Batch:
+        """The staging table's columns of the batch with the Broccoli classification joined, in key
+        order (the server then appends to the staging B-tree), and its TSV file for LOAD DATA."""
+        if not batch.rows.num_rows:
+            return batch
+        rows = classified(batch.rows, table, lookup)
+        key = table.primary_key.columns.values()[0].name
+        order = pc.sort_indices(rows, sort_keys=[(key, "ascending")])
+        rows, offsets = rows.take(order), batch.offsets.take(order)
+        if not self._use_load_data:
+            return replace(batch, rows=rows, offsets=offsets)
+        write_tsv(rows, tsv)
+        return replace(batch, rows=rows, offsets=offsets, tsv=tsv)
+
+    def _sidecar(self, request: StageRequest, figures: Counter[str]) -> BroccoliLookup:
+        """The day's sidecar as a lookup; its unusable rows quarantined (figure ``sidecar_rejected``)."""
+        rejected: Counter[str] = Counter()
+        checked = []
+        for batch in self._batches(request, request.sidecar, SIDECAR_CHECKS, rejected, ("sha1",), {}, SIDECAR_COLUMNS):
+            figures["sidecar_rows_read"] += batch.read
+            checked.append(batch.rows)
+        lookup = BroccoliLookup.build(checked)
+        figures["sidecar_rejected"] += sum(rejected.values())
+        figures["sidecar_rows"] = lookup.distinct
+        figures["sidecar_classified"] = len(lookup)
+        return lookup
 
     def _staging_engine(self, engine: sa.Engine) -> sa.Engine:
         """One connection of its own, kept across batches (local infile enabled on MySQL).
@@ -227,12 +343,12 @@ class SqlStager:
 
     def _batches(
         self, request: StageRequest, export: DayExport, table: sa.Table, rejected: Counter[str],
-        required: tuple[str, ...], limits: Mapping[str, schema.TextLimit],
+        required: tuple[str, ...], limits: Mapping[str, schema.TextLimit], columns: tuple[str, ...] | None = None,
     ) -> Iterator[_Batch]:
         """Stageable rows of every listed part in bounded batches; the others quarantined and counted."""
         for part in export.parts:
             url = request.store.url_of(part.name)
-            for offset, batch in iter_batches(request.store, part, request.settings.batch_rows):
+            for offset, batch in iter_batches(request.store, part, request.settings.batch_rows, columns):
                 read = batch.num_rows
                 offsets = pa.array(np.arange(offset, offset + read, dtype=np.int64))
                 reasons = row_problems(batch, table, required, limits)
@@ -255,13 +371,10 @@ class SqlStager:
         self, engine: sa.Engine, request: StageRequest, table: sa.Table, batch: _Batch,
         rejected: Counter[str], figures: Counter[str], what: str,
     ) -> None:
-        # In key order the server appends to the staging B-tree instead of splitting pages all over it.
-        key = table.primary_key.columns.values()[0].name
-        order = pc.sort_indices(batch.rows, sort_keys=[(key, "ascending")])
-        rows, offsets = batch.rows.take(order), batch.offsets.take(order)
+        rows, offsets = batch.rows, batch.offsets
         log = request.log
         try:
-            if self._use_load_data and self._send_load_data(engine, table, rows, log, figures, what):
+            if self._use_load_data and batch.tsv is not None and self._send_load_data(engine, table, batch.tsv, log, figures, what):
                 figures["load_data_batches"] += 1
                 return
             plain = naive_utc(rows).to_pylist()
@@ -285,25 +398,24 @@ class SqlStager:
         request.quarantine(refused)
 
     def _send_load_data(
-        self, engine: sa.Engine, table: sa.Table, rows: pa.RecordBatch, log: logging.Logger, figures: Counter[str], what: str
+        self, engine: sa.Engine, table: sa.Table, path: str, log: logging.Logger, figures: Counter[str], what: str
     ) -> bool:
-        """LOAD DATA one batch; False when the server refuses local infile (then batched INSERTs from now on)."""
-        with tempfile.TemporaryDirectory(prefix="ti-stage-") as tmp:
-            path = os.path.join(tmp, "batch.tsv")
-            write_tsv(rows, path)
-            try:
-                retrying(lambda: self._load_data(engine, table, path), what, figures)
-                return True
-            except sa.exc.OperationalError as exc:
-                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-                if code not in LOCAL_INFILE_REFUSED:
-                    raise
-                log.warning(
-                    f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
-                    "instead (enable it with SET GLOBAL local_infile=1)"
-                )
-                self._use_load_data = False
-                return False
+        """LOAD DATA one batch's file; False when the server refuses local infile (then batched INSERTs from now on)."""
+        try:
+            retrying(lambda: self._load_data(engine, table, path), what, figures)
+            return True
+        except sa.exc.OperationalError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code not in LOCAL_INFILE_REFUSED:
+                raise
+            log.warning(
+                f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
+                "instead (enable it with SET GLOBAL local_infile=1)"
+            )
+            self._use_load_data = False
+            return False
+        finally:
+            os.unlink(path)
 
     @staticmethod
     def _load_data(engine: sa.Engine, table: sa.Table, path: str) -> None:
