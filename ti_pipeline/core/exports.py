@@ -6,7 +6,7 @@ classification sidecar. Hashes are ``fixed_size_binary`` (3.6x faster to write t
 
 The manifest is the partition's commit: parts are written first (each in one atomic write), then the
 manifest naming them, then every other object of the folder is deleted. So a folder without a
-manifest is incomplete, and readers (the loaders, the Broccoli sidecar, the landing sensor) look at
+manifest is incomplete, and readers (the loaders, the Broccoli sidecar) look at
 a partition only through its manifest and read only the parts it lists, each still with the
 generation the manifest recorded. The manifest is JSON::
 
@@ -89,13 +89,6 @@ def part_index(name: str) -> int:
     """N of ``.../part-N.parquet``; -1 for a name of another shape (so the next free index is max + 1)."""
     match = _PART.fullmatch(name.rsplit("/", 1)[-1])
     return int(match.group(1)) if match else -1
-
-
-def manifest_day(dataset: str, name: str) -> str | None:
-    """The ``YYYY-MM-DD`` of ``name`` when it is a manifest of ``dataset``, else None: how a listing
-    of the store finds published days without reading them."""
-    match = re.fullmatch(rf"{re.escape(dataset)}/date=(\d{{4}}-\d{{2}}-\d{{2}})/{SUCCESS_MARKER}", name)
-    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from ti_pipeline.core.exports import (
     Manifest,
     check_parts,
     iter_batches,
-    manifest_day,
     parse_manifest,
     part_index,
     part_name,
@@ -65,9 +64,6 @@ def test_names_are_built_from_validated_keys_and_read_back():
     assert success_name(DATASET, date(2024, 1, 1)) == f"{PREFIX}/_SUCCESS"
     assert part_index(part_name(DATASET, DAY, 12)) == 12
     assert part_index(f"{PREFIX}/_SUCCESS") == -1
-    assert manifest_day(DATASET, success_name(DATASET, DAY)) == DAY
-    assert manifest_day(DATASET, part_name(DATASET, DAY, 0)) is None
-    assert manifest_day(DATASET, success_name("broccoli_classifications", DAY)) is None
     for dataset, day in (("../x", DAY), ("a/b", DAY), (DATASET, "2024-13-01")):
         with pytest.raises(InvalidKey):
             part_name(dataset, day, 0)

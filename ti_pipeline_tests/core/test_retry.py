@@ -134,8 +134,8 @@ def test_every_retry_loop_has_its_policy_here():
     from ti_pipeline.core.warehouse import WRITE_RETRIES
     from ti_pipeline.threat_actors.client import MalpediaClient
     from ti_pipeline.vt_feed.broccoli.client import RetryPolicy
-    from ti_pipeline.vt_feed.export import READ_RETRIES
     from ti_pipeline.vt_feed.load.base import STATEMENT_RETRIES
+    from ti_pipeline.vt_feed.package import READ_RETRIES
 
     assert WRITE_RETRIES == Backoff(attempts=6, base=0.5, cap=30.0)
     assert STATEMENT_RETRIES == Backoff(attempts=6, base=0.2, cap=30.0)

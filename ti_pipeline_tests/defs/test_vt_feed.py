@@ -53,8 +53,10 @@ def quarantine_reasons(warehouse_url: str, day: str) -> list[str]:
 
 def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     write_vt_feed(LocalStore(tmp_path / "feed"))
+    instance = DagsterInstance.ephemeral()
 
-    result = run(tmp_path, warehouse_url, partition_key="2020-11-02")
+    # 1 of 4 packages corrupt: admitted by a max_corrupt_share of 0.5, the check only warns.
+    result = run(tmp_path, warehouse_url, instance=instance, partition_key="2020-11-02", config={"max_corrupt_share": 0.5})
 
     assert result.success
     (materialization,) = result.asset_materializations_for_node("vt_feed__vt_file_reports")
@@ -78,7 +80,7 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["counts_reconcile"].passed
     corrupt = checks["packages_corrupt"]
-    assert (corrupt.passed, corrupt.severity) == (False, AssetCheckSeverity.ERROR)  # 1 of 4 > 5 %
+    assert (corrupt.passed, corrupt.severity, corrupt.blocking) == (False, AssetCheckSeverity.WARN, True)
     assert quarantine_reasons(warehouse_url, "2020-11-02") == [
         "malformed_json",
         "missing_sha256",
@@ -91,9 +93,20 @@ def test_one_day_with_a_corrupt_package(tmp_path: Path, warehouse_url: str):
         "out_of_range:scan_date",
     ]
 
-    again = run(tmp_path, warehouse_url, partition_key="2020-11-02", config={"max_corrupt_share": 0.5})
-    corrupt = {c.check_name: c for c in again.get_asset_check_evaluations()}["packages_corrupt"]
-    assert (corrupt.passed, corrupt.severity) == (False, AssetCheckSeverity.WARN)
+    # Under the default 5 %, the blocking check fails at ERROR: the day is exported but not materialized
+    # (so nothing downstream starts), the step fails unretried naming the check.
+    again = run(tmp_path, warehouse_url, instance=instance, partition_key="2020-11-02", raise_on_error=False)
+    assert not again.success
+    assert again.get_asset_materialization_events() == []
+    [failure] = [e for e in again.all_events if e.is_step_failure]
+    error = failure.step_failure_data.error
+    assert "2020-11-02: blocking check(s) failed: packages_corrupt" in error.message
+    assert failure.step_failure_data.user_failure_data.metadata["materialized_days"].value == 0
+    checks = {c.check_name: c for c in again.get_asset_check_evaluations()}
+    assert (checks["packages_corrupt"].passed, checks["packages_corrupt"].severity) == (False, AssetCheckSeverity.ERROR)
+    assert checks["counts_reconcile"].passed
+    [latest] = instance.fetch_materializations(KEY, limit=1).records
+    assert latest.run_id == result.run_id  # still the admitted export's
     assert len(quarantine_reasons(warehouse_url, "2020-11-02")) == 9  # replaced, not appended
 
 
@@ -124,6 +137,7 @@ def test_a_partition_range_in_one_run(tmp_path: Path, sqlite_url: str):
         tmp_path,
         sqlite_url,
         instance=instance,
+        config={"max_corrupt_share": 0.5},  # the second day's one corrupt package of four, admitted
         tags={"dagster/asset_partition_range_start": SAMPLE_DAYS[0], "dagster/asset_partition_range_end": SAMPLE_DAYS[-1]},
     )
 
@@ -148,3 +162,26 @@ def test_a_partition_range_in_one_run(tmp_path: Path, sqlite_url: str):
     assert instance.get_materialized_partitions(KEY) == set(SAMPLE_DAYS)
     for day in SAMPLE_DAYS:
         assert quarantine_reasons(sqlite_url, day)[:1] == ["malformed_json"]
+
+
+def test_a_blocking_check_failing_on_one_day_of_a_range_holds_back_only_that_day(tmp_path: Path, sqlite_url: str):
+    """Under the default 5 %, the second sample day's packages_corrupt fails at ERROR: the other two days
+    are materialized, that one is exported and checked but not materialized, and the run fails naming it."""
+    write_vt_feed(LocalStore(tmp_path / "feed"))
+    instance = DagsterInstance.ephemeral()
+    first, blocked, last = SAMPLE_DAYS
+
+    result = run(
+        tmp_path, sqlite_url, instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+
+    assert not result.success
+    assert [m.partition for m in result.asset_materializations_for_node("vt_feed__vt_file_reports")] == [first, last]
+    assert instance.get_materialized_partitions(KEY) == {first, last}
+    failed = {(c.partition, c.check_name) for c in result.get_asset_check_evaluations() if not c.passed}
+    assert failed == {(blocked, "packages_corrupt")}
+    assert len(result.get_asset_check_evaluations()) == 6  # every day's two checks are recorded
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert f"1 of 3 day(s) failed: {blocked}" in failure.step_failure_data.error.message
+    assert manifest_of(LocalStore(tmp_path / "export"), blocked).rows > 0  # exported, for the operator to inspect

@@ -40,7 +40,8 @@ from ti_pipeline.sample_data.vt import write_vt_feed
 KEY = AssetKey(["vt_feed", "vt_file_reports"])
 DAYS = ("2020-11-01", "2020-11-02", "2020-11-03", "2020-11-04", "2020-11-05")
 BROKEN = DAYS[2]
-ONE_WORKER = {"ops": {"vt_feed__vt_file_reports": {"config": {"workers": 1}}}}
+# One worker per run; the second day's one cut package of four admitted (the gate has its own test below).
+ONE_WORKER = {"ops": {"vt_feed__vt_file_reports": {"config": {"workers": 1, "max_corrupt_share": 0.5}}}}
 TERMINAL = {BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED}
 
 LAUNCH = """

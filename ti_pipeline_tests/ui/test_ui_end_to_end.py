@@ -1,11 +1,19 @@
-"""The Dagster UI end to end, as a data engineer meets it: `dagster dev` on loopback with the sample data,
-headless Chromium materializes one VT day and one Sage shard from the launch dialog, the runs succeed,
-and the warehouse rows and the export partition are there.
+"""The Dagster UI end to end, as a data engineer meets it: `dagster dev` on loopback with the sample data (and
+its daemon, so backfills run). Headless Chromium materializes one Sage shard from the launch dialog, and
+launches the documented VT history backfill (docs/runbook.md, "History backfill") from the vt_feed group's
+graph: the three VT assets selected, "Materialize selected", the three sample days, "Launch backfill".
+
+2020-11-02 has one cut package of four, so its blocking check packages_corrupt fails: that day is exported
+but not materialized, its Broccoli and load never start, and the backfill ends failed for it while the
+other two days are materialized and loaded. The test checks that on the instance (runs, materializations,
+check evaluations), through GraphQL (the backfill's counts), in the warehouse and the exports, and in the
+browser (the backfill page, the partitions views of vt_file_reports and ioc_file_hashes).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium chromium-driver``);
-skipped without them unless ``CI`` is set. Screenshots of the asset graph and of a materialization's
-metadata go to the test's tmp dir, or to ``$TI_UI_SCREENSHOTS`` (``TI_UI_SCREENSHOTS=docs/images`` refreshes
-the README's pictures; by default a test run leaves the checkout untouched).
+skipped without them unless ``CI`` is set. Screenshots (the vt_feed group's graph, the partitions views,
+a materialization's metadata) go to the test's tmp dir, or to ``$TI_UI_SCREENSHOTS``
+(``TI_UI_SCREENSHOTS=docs/images`` refreshes the README's pictures; by default a test run leaves the
+checkout untouched).
 """
 
 import contextlib
@@ -19,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import quote
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,12 +41,21 @@ from ti_pipeline.core.exports import SUCCESS_MARKER, partition_prefix
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[2]
-VT_DAY = "2020-11-02"  # one of ti_pipeline.sample_data.vt.SAMPLE_DAYS
+LOCATION = "ti_pipeline"  # workspace.yaml's location_name
+# ti_pipeline.sample_data.vt.SAMPLE_DAYS: on BLOCKED one package of four is cut (packages_corrupt fails).
+VT_DAYS = ("2020-11-01", "2020-11-02", "2020-11-03")
+BLOCKED = "2020-11-02"
+LOADED = ("2020-11-01", "2020-11-03")
+VT_GROUP = "vt_feed"
+VT_ASSETS = ("vt_file_reports", "broccoli_classifications", "ioc_file_hashes")  # the history backfill's three
 SHARD = "r01"
 VIEWPORT = (1400, 900)
 SERVER_START_TIMEOUT = 240  # `dagster dev` loads the code location twice; slow on a busy 2-core machine
 UI_TIMEOUT = 120
 RUN_TIMEOUT = 300
+# The backfill daemon ticks every 30 s: export run, then Broccoli, then load runs, then "done" (~4 min here).
+BACKFILL_TIMEOUT = 600
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
@@ -54,6 +72,7 @@ from selenium.common.exceptions import (  # noqa: E402
     TimeoutException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -229,25 +248,29 @@ class UI:
     def visible(self, xpath: str, timeout: float = UI_TIMEOUT) -> WebElement:
         return self.wait(timeout).until(EC.visibility_of_element_located((By.XPATH, xpath)), f"not visible: {xpath}")
 
+    def choose_time_partitions(self, dialog: str, text: str) -> None:
+        """In a launch dialog of daily partitions: all time (it opens on the last 90 days), then ``text``
+        (a day, ``a, b`` or ``[first...last]``) typed into the partition field."""
+        all_time = f"{dialog}//button[normalize-space()='All time']"
+        if not self.driver.find_elements(By.XPATH, all_time):
+            self.click(_text_is("Show all partitions", within=dialog))
+        self.visible(all_time)
+        field = self.visible(f"{dialog}//input[starts-with(@placeholder, 'ex:')]")
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(text, Keys.ENTER)
+
     def materialize_partition(self, asset_path: str, partition: str) -> str:
         """Asset page → Materialize… → the one partition → Launch 1 run; returns the run id prefix."""
         self.open(f"/assets/{asset_path}")
         self.click("//button[starts-with(normalize-space(), 'Materialize')]")
-        dialog = "//div[@role='dialog'][.//*[starts-with(normalize-space(), 'Launch runs to materialize')]]"
+        dialog = LAUNCH_DIALOG
         self.visible(dialog)
-        all_time = f"{dialog}//button[normalize-space()='All time']"
         time_range = f"{dialog}//button[normalize-space()='All time' or normalize-space()='Last 90 days']"
         static_select = f"{dialog}//*[normalize-space()='Select a partition or create one']"
         self.visible(f"{time_range} | {static_select}")
         if self.driver.find_elements(By.XPATH, time_range):
-            # Time partitions: the range starts as the last 90 days (a banner offers the rest).
-            if not self.driver.find_elements(By.XPATH, all_time):
-                self.click(_text_is("Show all partitions", within=dialog))
-            self.visible(all_time)
-            field = self.visible(f"{dialog}//input[starts-with(@placeholder, 'ex:')]")
-            field.click()
-            field.send_keys(Keys.CONTROL, "a")
-            field.send_keys(partition, Keys.ENTER)
+            self.choose_time_partitions(dialog, partition)
         else:  # static partitions: a multi-select menu
             self.click(static_select)
             self.click(f"//*[@role='menuitem'][.//span[normalize-space()='{partition}']]")
@@ -257,24 +280,76 @@ class UI:
         toast = self.visible("//*[starts-with(normalize-space(), 'Launched run') and not(.//*[starts-with(normalize-space(), 'Launched run')])]")
         return toast.text.split()[-1]
 
-    def graph_settings(self, item: str) -> None:
-        """Choose ``item`` in the graph's settings menu (the gear below the zoom buttons)."""
-        gear = "(//button[.//*[@aria-label='settings']])[last()]"
-        entry = f"//*[@role='menuitem'][contains(normalize-space(), '{item}')]"
+    def open_group_graph(self, group: str) -> None:
+        self.open(f"/locations/{LOCATION}/asset-groups/{group}/lineage")
 
-        def chosen(driver) -> bool:
-            shown = [e for e in driver.find_elements(By.XPATH, entry) if e.is_displayed()]
-            if shown:
-                shown[0].click()
+    def select_in_group_graph(self, group: str, names: tuple[str, ...]) -> None:
+        """The group's graph, its asset list (the panel left of the graph) opened, the first asset clicked
+        and each other one shift-clicked: "Materialize selected (N)…" then targets exactly those."""
+        self.open_group_graph(group)
+        self.visible(_text_is(names[0]))  # the graph's node (its label: the last part of the key)
+        in_list = "//span[normalize-space()='{}']"  # a row of the asset list (a node's label is a div)
+        if not [e for e in self.driver.find_elements(By.XPATH, in_list.format(names[0])) if e.is_displayed()]:
+            self.click("//button[.//*[@aria-label='panel_show_left']]")
+        for index, name in enumerate(names):
+            def selected(driver, name=name, shift=index > 0) -> bool:
+                self.dismiss_popups()
+                row = EC.element_to_be_clickable((By.XPATH, in_list.format(name)))(driver)
+                if not row:
+                    return False
+                if shift:
+                    ActionChains(driver).key_down(Keys.SHIFT).click(row).key_up(Keys.SHIFT).perform()
+                else:
+                    row.click()
                 return True
-            driver.find_element(By.XPATH, gear).click()  # opens the menu (or closes a stale one)
-            return False
 
-        WebDriverWait(
-            self.driver, UI_TIMEOUT, poll_frequency=2,
-            ignored_exceptions=(StaleElementReferenceException, ElementClickInterceptedException),
-        ).until(chosen, f"no menu entry {item!r}")
-        self.wait(30).until(EC.invisibility_of_element_located((By.XPATH, entry)), f"menu still open: {entry}")
+            WebDriverWait(
+                self.driver, UI_TIMEOUT, poll_frequency=0.5,
+                ignored_exceptions=(StaleElementReferenceException, ElementClickInterceptedException),
+            ).until(selected, f"no asset {name!r} in the list of group {group}")
+            token = quote(f"{group}/{name}", safe="")  # the selection is kept in the URL's path
+            self.wait().until(lambda driver, token=token: token in driver.current_url, f"{name} not selected")
+        self.visible(f"//button[starts-with(normalize-space(), 'Materialize selected ({len(names)})')]")
+
+    def launch_backfill_of_selection(self, count: int, partitions: str, expected: int) -> str:
+        """"Materialize selected (N)…" → the partitions → "Launch backfill"; returns the backfill's id."""
+        self.click(f"//button[starts-with(normalize-space(), 'Materialize selected ({count})')]")
+        dialog = LAUNCH_DIALOG
+        self.visible(f"{dialog}//*[normalize-space()='Launch runs to materialize {count} assets']")
+        self.choose_time_partitions(dialog, partitions)
+        self.visible(f"{dialog}//*[normalize-space()='{expected} partitions']")
+        self.click(f"{dialog}//button[normalize-space()='Launch backfill']")
+        toast = self.visible("//*[starts-with(normalize-space(), 'Created backfill') and not(.//*[starts-with(normalize-space(), 'Created backfill')])]")
+        return toast.text.split()[-1]
+
+    def open_partitions(self, asset_path: str, days: tuple[str, ...], status: str | None = None,
+                        partition: str | None = None) -> None:
+        """The asset's Partitions tab over ``days`` (a range), optionally only partitions in ``status``
+        (FAILED, MATERIALIZED, MISSING) or with ``partition`` selected; waits for the status counts."""
+        query = f"view=partitions&default_range=[{days[0]}...{days[-1]}]"
+        query += f"&status={status}" if status else ""
+        query += f"&partition={partition}" if partition else ""
+        self.open(f"/assets/{asset_path}?{query}")
+        self.visible(f"//*[contains(normalize-space(), '{len(days) if status is None else ''}') and "
+                     "substring(normalize-space(), string-length(normalize-space()) - 18) = 'Partitions Selected']")
+        self.visible("//label[starts-with(normalize-space(), 'Missing (')]")
+
+    def partition_counts(self) -> dict[str, int]:
+        """The Partitions tab's counts by status, e.g. {'Failed': 1, 'Materialized': 2, ...}."""
+        counts = {}
+        for label in self.driver.find_elements(By.XPATH, "//label[contains(normalize-space(), ' (')]"):
+            name, _, number = label.text.strip().rpartition(" (")
+            if name in ("Failed", "Materialized", "Materializing", "Missing"):
+                counts[name] = int(number.rstrip(")").replace(",", ""))
+        return counts
+
+    def listed_partitions(self) -> list[str]:
+        """The partition keys of the Partitions tab's list (each row's key is its tooltip); call with no
+        partition selected (the selected one's heading has the same tooltip)."""
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('div[data-tooltip]')].map(e => e.dataset.tooltip)"
+            ".filter(t => /^\\d{4}-\\d{2}-\\d{2}$/.test(t))"
+        )
 
     def screenshot_materialization(self, asset_path: str, partition: str, path: Path) -> None:
         """The partition's latest materialization with its accounting table in view."""
@@ -285,16 +360,17 @@ class UI:
         time.sleep(1)  # let the scroll settle before the picture
         self.driver.save_screenshot(str(path))
 
-    def screenshot_asset_graph(self, path: Path) -> None:
-        """Global asset lineage, every group expanded, laid out top to bottom to fit the viewport."""
-        self.open("/asset-groups")
-        self.visible(_text_is("Global asset lineage"))
-        self.graph_settings("Expand all groups")
-        self.graph_settings("vertical orientation")
-        # Both choices are kept (URL, local storage); a reload lays the graph out to fit the view.
-        self.driver.refresh()
-        self.visible(_text_is("vt_file_reports"))  # a node shows the last part of its key
-        time.sleep(2)  # the graph animates to its new layout
+    def screenshot_group_graph(self, group: str, reason: str, path: Path) -> None:
+        """The group's graph at its own zoom (the nodes' rows legible), once the nodes show their
+        latest state: ``reason`` is text a node shows only then (e.g. its failed partitions)."""
+        self.open_group_graph(group)
+        self.visible(f"//*[contains(normalize-space(), '{reason}') and not(.//*[contains(normalize-space(), '{reason}')])]")
+        self.wait(30).until(
+            lambda driver: not [e for e in driver.find_elements(By.XPATH, "//*[normalize-space()='Latest event']/following-sibling::*[1]")
+                                if not e.text.strip()],
+            "a node's latest event is still loading",
+        )
+        time.sleep(2)  # the graph animates to its layout
         self.driver.save_screenshot(str(path))
 
 

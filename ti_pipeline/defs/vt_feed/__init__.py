@@ -6,9 +6,9 @@ from dagster import Definitions
 from ti_pipeline.defs.vt_feed import automation, broccoli, export, freshness, load
 
 defs = Definitions(
-    assets=[*export.assets, *broccoli.assets, *load.assets],
+    assets=[*export.assets, *automation.with_load_condition([*broccoli.assets, *load.assets])],
     asset_checks=freshness.freshness_checks,
     jobs=[automation.vt_file_reports_job, automation.vt_load_job],
     schedules=[automation.vt_file_reports_daily],
-    sensors=[automation.vt_parquet_landed, freshness.vt_feed_freshness_sensor],
+    sensors=[automation.vt_load_automation, freshness.vt_feed_freshness_sensor],
 )

@@ -1,26 +1,25 @@
-"""How VT runs start: the jobs, the nightly export schedule, and the sensor that loads each exported day."""
+"""How VT runs start: the jobs, the nightly export schedule, and the declarative automation that loads each
+exported day once the export's blocking checks passed."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckKey,
+    AssetsDefinition,
     AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
     RunRequest,
     ScheduleEvaluationContext,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
+    map_asset_specs,
     schedule,
-    sensor,
 )
 
 from ti_pipeline.defs.jobs import HEAVY_TAG, JobSpec
-from ti_pipeline.defs.partitions import vt_days
-from ti_pipeline.defs.resources import ObjectStoreResource
 from ti_pipeline.defs.vt_feed.broccoli import BROCCOLI_CLASSIFICATIONS_KEY
 from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
 from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY
-from ti_pipeline.vt_feed.load.landing import Mark, list_landed, plan
 
 # The freshness checks (freshness.py) run from their own sensor, not inside the runs they judge.
 FRESHNESS_CHECK_NAME = "freshness_check"
@@ -30,7 +29,8 @@ VT_FILE_REPORTS = JobSpec(
     "One VT feed day (or a range of days) to the vt_file_reports Parquet partition.",
     {HEAVY_TAG: "vt_decompress"},
 )
-# What the vt_parquet_landed sensor starts for a day: the Broccoli sidecar, then the load that needs it.
+# A day's Broccoli sidecar, then the load that needs it: what vt_load_automation requests for a day (as
+# an asset selection), and the job to run them by hand or scaled out (defs/scale_out.py).
 VT_LOAD = JobSpec(
     "vt_load_job",
     AssetSelection.assets(BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY)
@@ -63,40 +63,49 @@ def vt_file_reports_daily(context: ScheduleEvaluationContext) -> RunRequest:
     day = vt_export_day(tick)
     return RunRequest(run_key=f"vt_file_reports:{day}", partition_key=day, tags={"ti_pipeline/vt_day": day})
 
-MAX_REQUESTS_PER_TICK = 4
+
+# Days the automation loads by itself: the partitions of the last RECENT_DAYS days (the nightly D-2, a
+# re-export of a recent day). Older days, the history, load through one asset backfill over the three VT
+# assets (docs/runbook.md, "History backfill"): turning the sensor on never launches 2,200 days at once.
+RECENT_DAYS = 7
 
 
-def _is_partition(day: str) -> bool:
-    return vt_days.has_partition_key(day)
+def load_condition(recent_days: int) -> AutomationCondition:
+    """Dagster's ``eager()`` over the last ``recent_days`` days instead of the latest partition (the nightly day
+    is D-2, never the latest), for days whose export passed its blocking checks (packages_corrupt,
+    counts_reconcile). The export does not materialize a day whose blocking check failed; the condition
+    states the rule too, so a tick between a day's materialization and its check results waits for them.
+    bench/history_drain.py measures it over the whole history."""
+    return (
+        AutomationCondition.in_latest_time_window(timedelta(days=recent_days))
+        & (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()).since_last_handled()
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+        & AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("vt_load_when_export_checks_passed")
 
 
-@sensor(
-    name="vt_parquet_landed",
-    job=vt_load_job,
-    minimum_interval_seconds=120,
+VT_LOAD_CONDITION = load_condition(RECENT_DAYS)
+GATED_KEYS = (BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY)
+
+
+def with_load_condition(
+    assets: Iterable[AssetsDefinition], condition: AutomationCondition = VT_LOAD_CONDITION
+) -> list[AssetsDefinition]:
+    """The Broccoli and load assets with ``condition`` (stated here, beside the sensor that evaluates it)."""
+    return map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=condition) if spec.key in GATED_KEYS else spec,
+        assets,
+    )
+
+
+vt_load_automation = AutomationConditionSensorDefinition(
+    "vt_load_automation",
+    target=AssetSelection.assets(*GATED_KEYS),
+    minimum_interval_seconds=60,
     description=(
-        "Requests vt_load_job for each vt_file_reports day whose _SUCCESS manifest was written since the "
-        f"last tick (at most {MAX_REQUESTS_PER_TICK} per tick); a re-export is a new manifest, hence a new run."
+        "Requests a day's Broccoli sidecar and load (one run) once vt_file_reports materialized the day and "
+        f"its blocking checks passed, for the last {RECENT_DAYS} days; older days load through an asset backfill."
     ),
 )
-def vt_parquet_landed(context: SensorEvaluationContext, export_store: ObjectStoreResource):
-    cursor = Mark.decode(context.cursor)
-    requests, skipped, new_cursor = plan(list_landed(export_store.get()), cursor, MAX_REQUESTS_PER_TICK, _is_partition)
-    for day in skipped:
-        context.log.warning(f"{day.mark.name}: {day.day} is not a vt_days partition; ignored")
-    if not requests:
-        return SensorResult(
-            skip_reason=SkipReason("no VT export completed since the last tick"),
-            cursor=new_cursor.encode() if new_cursor else None,
-        )
-    return SensorResult(
-        run_requests=[
-            RunRequest(
-                run_key=day.run_key,
-                partition_key=day.day,
-                tags={"ti_pipeline/export_generation": str(day.generation)},
-            )
-            for day in requests
-        ],
-        cursor=new_cursor.encode() if new_cursor else None,
-    )

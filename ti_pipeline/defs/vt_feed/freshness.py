@@ -1,6 +1,6 @@
 """Whether the nightly VT day arrived: a freshness check on day D-2 of the export and of the load.
 
-The schedule exports D-2 at 02:00 UTC (``VT_EXPORT_LAG_DAYS``) and the landing sensor loads it soon
+The schedule exports D-2 at 02:00 UTC (``VT_EXPORT_LAG_DAYS``) and vt_load_automation loads it soon
 after. Once a tick of ``TI_VT_FRESHNESS_DEADLINE_CRON`` (default ``0 6 * * *``, UTC) has passed, the check
 ``freshness_check`` of ``vt_feed/vt_file_reports`` and of ``vt_feed/ioc_file_hashes`` fails unless the
 partition two days before that tick's date is materialized. Dagster's
@@ -92,7 +92,7 @@ def vt_feed_freshness(context: AssetCheckExecutionContext) -> Iterable[AssetChec
 
 freshness_checks = [vt_feed_freshness]
 # Runs the check when it can be overdue (a tick passed since it last passed) or the asset changed
-# since it failed. Stopped by default like the schedule and the landing sensor: turn it on with them.
+# since it failed. Stopped by default like the schedule and vt_load_automation: turn it on with them.
 vt_feed_freshness_sensor = build_sensor_for_freshness_checks(
     freshness_checks=freshness_checks,
     name="vt_feed_freshness_sensor",
