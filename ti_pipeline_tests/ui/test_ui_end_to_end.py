@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import quote
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow.parquet as pq
 import pytest
@@ -56,6 +56,8 @@ RUN_TIMEOUT = 300
 # The backfill daemon ticks every 30 s: export run, then Broccoli, then load runs, then "done" (~4 min here).
 BACKFILL_TIMEOUT = 600
 BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+LAUNCH_DIALOG = "//div[@role='dialog'][.//*[starts-with(normalize-space(), 'Launch runs to materialize')]]"
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
@@ -323,16 +325,19 @@ class UI:
         return toast.text.split()[-1]
 
     def open_partitions(self, asset_path: str, days: tuple[str, ...], status: str | None = None,
-                        partition: str | None = None) -> None:
-        """The asset's Partitions tab over ``days`` (a range), optionally only partitions in ``status``
-        (FAILED, MATERIALIZED, MISSING) or with ``partition`` selected; waits for the status counts."""
+                        partition: str | None = None) -> int:
+        """The asset's Partitions tab over the range of ``days``, optionally listing only the partitions in
+        ``status`` (FAILED, MATERIALIZED, MISSING), or with ``partition`` selected; returns the number of
+        partitions listed ("N Partitions Selected") once the counts by status are shown."""
         query = f"view=partitions&default_range=[{days[0]}...{days[-1]}]"
         query += f"&status={status}" if status else ""
         query += f"&partition={partition}" if partition else ""
         self.open(f"/assets/{asset_path}?{query}")
-        self.visible(f"//*[contains(normalize-space(), '{len(days) if status is None else ''}') and "
-                     "substring(normalize-space(), string-length(normalize-space()) - 18) = 'Partitions Selected']")
         self.visible("//label[starts-with(normalize-space(), 'Missing (')]")
+        selected = self.visible(
+            "//*[contains(normalize-space(), 'Partitions Selected') and not(.//*[contains(normalize-space(), 'Partitions Selected')])]"
+        )
+        return int(selected.text.split()[0].replace(",", ""))
 
     def partition_counts(self) -> dict[str, int]:
         """The Partitions tab's counts by status, e.g. {'Failed': 1, 'Materialized': 2, ...}."""
@@ -343,20 +348,33 @@ class UI:
                 counts[name] = int(number.rstrip(")").replace(",", ""))
         return counts
 
-    def listed_partitions(self) -> list[str]:
-        """The partition keys of the Partitions tab's list (each row's key is its tooltip); call with no
-        partition selected (the selected one's heading has the same tooltip)."""
-        return self.driver.execute_script(
+    def listed_partitions(self, expected: list[str]) -> list[str]:
+        """The partition keys of the Partitions tab's list once they are ``expected`` (each row's key is its
+        tooltip); call with no partition selected (the selected one's heading has the same tooltip)."""
+        script = (
             "return [...document.querySelectorAll('div[data-tooltip]')].map(e => e.dataset.tooltip)"
             ".filter(t => /^\\d{4}-\\d{2}-\\d{2}$/.test(t))"
         )
+        listed: list[str] = []
+
+        def shown(driver) -> bool:
+            listed[:] = driver.execute_script(script)
+            return listed == expected
+
+        try:
+            self.wait(30).until(shown)
+        except TimeoutException:
+            pass  # the caller's assertion names what is listed
+        return listed
 
     def screenshot_materialization(self, asset_path: str, partition: str, path: Path) -> None:
-        """The partition's latest materialization with its accounting table in view."""
+        """The partition's latest materialization: its accounting table at the top, where its records
+        went below."""
         self.open(f"/assets/{asset_path}?view=partitions&partition={partition}")
         accounting = self.visible("//td[normalize-space()='accounting']")
         self.visible("//*[normalize-space()='unaccounted']")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", accounting)
+        self.visible("//td[normalize-space()='where_records_went']")
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", accounting)
         time.sleep(1)  # let the scroll settle before the picture
         self.driver.save_screenshot(str(path))
 
@@ -387,72 +405,244 @@ def _wait_for_run(instance, run_id_prefix: str):
     raise AssertionError(f"run {run_id_prefix} not finished after {RUN_TIMEOUT}s ({status}); expected {DagsterRunStatus.SUCCESS}")
 
 
-def test_materialize_vt_day_and_sage_shard_from_the_ui(dagster_dev: DagsterDev, browser, tmp_path: Path):
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+BACKFILL_QUERY = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path }
+            numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def _graphql(dev: DagsterDev, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(
+        f"{dev.url}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    assert not answer.get("errors"), answer["errors"]
+    return answer["data"]
+
+
+def _wait_for_backfill(dev: DagsterDev, instance, backfill_id: str) -> dict:
+    """The backfill once the daemon has finished it (GraphQL's partitionBackfillOrError)."""
+    from dagster import RunsFilter
+
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    while True:
+        backfill = _graphql(dev, BACKFILL_QUERY, {"id": backfill_id})["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        if backfill["status"] in BACKFILL_DONE:
+            return backfill
+        if time.monotonic() > deadline:
+            runs = [
+                (run.run_id[:8], sorted(key.to_user_string() for key in run.asset_selection or ()), run.status.value)
+                for run in instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
+            ]
+            raise AssertionError(
+                f"backfill {backfill_id} still {backfill['status']} after {BACKFILL_TIMEOUT}s; its runs: {runs}; "
+                f"see {dev.log}"
+            )
+        time.sleep(2)
+
+
+def _exported_sha256s(export_root: Path, day: str) -> tuple[dict, set[str]]:
+    """A day's export partition, complete (_SUCCESS manifest, its parts holding the rows it says): the
+    manifest and the day's sha256s (hex)."""
+    prefix = partition_prefix("vt_file_reports", day)
+    manifest = json.loads((export_root / prefix / SUCCESS_MARKER).read_text())
+    assert manifest["rows"] > 0 and manifest["parts"], (day, manifest)
+    hashes: set[str] = set()
+    for part in manifest["parts"]:  # part names are object names under the export root
+        assert part["name"].startswith(prefix + "/part-"), (day, part)
+        table = pq.read_table(export_root / part["name"], columns=["sha256"])
+        assert table.num_rows == part["rows"], (day, part)
+        hashes.update(value.hex() for value in table.column("sha256").to_pylist())
+    assert sum(part["rows"] for part in manifest["parts"]) == manifest["rows"] == len(hashes), day
+    return manifest, hashes
+
+
+def test_sage_shard_and_vt_history_backfill_from_the_ui(dagster_dev: DagsterDev, browser, tmp_path: Path):
+    from dagster import (
+        AssetCheckKey,
+        AssetKey,
+        AssetRecordsFilter,
+        DagsterEventType,
+        DagsterInstance,
+        DagsterRunStatus,
+        RunsFilter,
+    )
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
     ui = UI(browser, dagster_dev, tmp_path / "ui_failure")
     screenshots = Path(settings.text("TI_UI_SCREENSHOTS") or tmp_path / "screenshots")
     if not screenshots.is_absolute():
         screenshots = REPO / screenshots
     screenshots.mkdir(parents=True, exist_ok=True)
+    keys = {name: AssetKey([VT_GROUP, name]) for name in VT_ASSETS}
+    export_key, broccoli_key, load_key = keys.values()
 
+    # Launch both first: the Sage run and the backfill's daemon ticks overlap.
     with ui.step("first_visit"):
         ui.dismiss_community_dialog()
-    with ui.step("launch_vt_feed_vt_file_reports"):
-        vt_run_prefix = ui.materialize_partition("vt_feed/vt_file_reports", VT_DAY)
     with ui.step("launch_sage_dump_ioc_file_hashes"):
         sage_run_prefix = ui.materialize_partition("sage_dump/ioc_file_hashes", SHARD)
+    with ui.step("select_the_three_vt_assets"):
+        ui.select_in_group_graph(VT_GROUP, VT_ASSETS)
+    with ui.step("launch_vt_history_backfill"):
+        backfill_id = ui.launch_backfill_of_selection(len(VT_ASSETS), f"[{VT_DAYS[0]}...{VT_DAYS[-1]}]", len(VT_DAYS))
 
     instance = DagsterInstance.from_config(str(dagster_dev.home))
     try:
-        runs = {name: _wait_for_run(instance, prefix) for name, prefix in (("vt", vt_run_prefix), ("sage", sage_run_prefix))}
-        for name, run in runs.items():
-            assert run.status == DagsterRunStatus.SUCCESS, f"{name} run {run.run_id}: {run.status}, see {dagster_dev.log}"
-        assert runs["vt"].tags["dagster/partition"] == VT_DAY
-        assert runs["sage"].tags["dagster/partition"] == SHARD
+        # The Sage shard: its run succeeded, and the warehouse holds exactly the rows it says it wrote.
+        sage_run = _wait_for_run(instance, sage_run_prefix)
+        assert sage_run.status == DagsterRunStatus.SUCCESS, f"sage run {sage_run.run_id}: {sage_run.status}, see {dagster_dev.log}"
+        assert sage_run.tags["dagster/partition"] == SHARD
         sage_event = instance.get_latest_materialization_event(AssetKey(["sage_dump", "ioc_file_hashes"]))
-        vt_event = instance.get_latest_materialization_event(AssetKey(["vt_feed", "vt_file_reports"]))
+        sage_meta = sage_event.asset_materialization.metadata
+        assert sage_event.asset_materialization.partition == SHARD
+        assert sage_meta["unaccounted"].value == 0
+        engine = sa.create_engine(f"sqlite:///{dagster_dev.data / 'warehouse.sqlite'}")
+        table = schema.ioc_file_hashes
+        try:
+            with engine.connect() as conn:
+                sage_rows = conn.execute(
+                    sa.select(sa.func.count()).select_from(table).where(table.c.source == "SAGE_DUMP")
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        assert sage_rows > 0
+        assert sage_rows == sage_meta["written"].value
+        with ui.step("run_page_sage"):
+            ui.open(f"/runs/{sage_run.run_id}")
+            ui.visible(_text_is("Success"))
+            ui.visible(f"//*[starts-with(normalize-space(), 'partition:') and contains(normalize-space(), '{SHARD}')]")
+        with ui.step("screenshot_materialization"):
+            ui.screenshot_materialization("sage_dump/ioc_file_hashes", SHARD, screenshots / "materialization_metadata.png")
+
+        # The VT history backfill: done, failed for BLOCKED only, for each of the three assets.
+        backfill = _wait_for_backfill(dagster_dev, instance, backfill_id)
+        assert backfill["status"] == "COMPLETED_FAILED", f"backfill {backfill_id}: {backfill}, see {dagster_dev.log}"
+        counts = {
+            "/".join(s["assetKey"]["path"]): (s["numPartitionsTargeted"], s["numPartitionsInProgress"],
+                                              s["numPartitionsMaterialized"], s["numPartitionsFailed"])
+            for s in backfill["assetBackfillData"]["assetBackfillStatuses"]
+        }
+        assert counts == {key.to_user_string(): (3, 0, 2, 1) for key in keys.values()}, counts
+
+        # Its runs: one export run for the 3 days (failed: BLOCKED's check), then Broccoli and load of
+        # the 2 other days, all succeeded; nothing ever ran for BLOCKED's Broccoli or load.
+        runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id}))
+        export_runs = [run for run in runs if export_key in run.asset_selection]
+        assert len(export_runs) == 1, [(run.run_id, run.asset_selection) for run in runs]
+        [export_run] = export_runs
+        assert export_run.asset_selection == {export_key}
+        assert export_run.status == DagsterRunStatus.FAILURE, export_run.status
+        assert (export_run.tags["dagster/asset_partition_range_start"],
+                export_run.tags["dagster/asset_partition_range_end"]) == (VT_DAYS[0], VT_DAYS[-1])
+        downstream = [run for run in runs if run is not export_run]
+        assert {run.status for run in downstream} == {DagsterRunStatus.SUCCESS}, [(r.run_id, r.status) for r in downstream]
+        for key in (broccoli_key, load_key):
+            days = sorted(run.tags["dagster/partition"] for run in downstream if key in run.asset_selection)
+            assert days == list(LOADED), (key, days)
+        failures = instance.all_logs(export_run.run_id, of_type=DagsterEventType.STEP_FAILURE)
+        assert len(failures) == 1, failures
+        message = failures[0].dagster_event.step_failure_data.error.message
+        assert BLOCKED in message and "packages_corrupt" in message, message
+
+        # Materialized: the 2 other days of each asset, never BLOCKED.
+        for key in keys.values():
+            assert instance.get_materialized_partitions(key) == set(LOADED), key
+
+        # The blocking check packages_corrupt: passed on the 2 days, failed at ERROR on BLOCKED (1 package of 4 cut).
+        evaluations = {
+            record.partition: record
+            for record in instance.event_log_storage.get_asset_check_execution_history(
+                AssetCheckKey(export_key, "packages_corrupt"), limit=10
+            )
+        }
+        assert {day: record.status for day, record in evaluations.items()} == {
+            day: AssetCheckExecutionRecordStatus.FAILED if day == BLOCKED else AssetCheckExecutionRecordStatus.SUCCEEDED
+            for day in VT_DAYS
+        }
+        failed = evaluations[BLOCKED].event.dagster_event.event_specific_data
+        assert (failed.passed, failed.severity.value, failed.blocking) == (False, "ERROR", True)
+        assert evaluations[BLOCKED].run_id == export_run.run_id
+        figures = {name: value.value for name, value in failed.metadata.items()}
+        assert (figures["packages_corrupt"], figures["packages_found"]) == (1, 4), figures
+        assert figures["corrupt_share"] > figures["max_corrupt_share"], figures
+
+        # The exports: all 3 days published (BLOCKED too: exported, not materialized), each materialized
+        # day's figures those of its manifest.
+        export_root = dagster_dev.data / "export"
+        exported = {day: _exported_sha256s(export_root, day) for day in VT_DAYS}
+        loads = {}
+        for day in LOADED:
+            [export_record] = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=export_key, asset_partitions=[day]), limit=5
+            ).records
+            assert export_record.asset_materialization.metadata["written"].value == exported[day][0]["rows"], day
+            [load_record] = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=load_key, asset_partitions=[day]), limit=5
+            ).records
+            loads[day] = {name: value.value for name, value in load_record.asset_materialization.metadata.items()}
+            assert loads[day]["unaccounted"] == 0 and loads[day]["written"] > 0, (day, loads[day])
     finally:
         instance.dispose()
 
-    for name, run in runs.items():
-        with ui.step(f"run_page_{name}"):
-            ui.open(f"/runs/{run.run_id}")
-            ui.visible(_text_is("Success"))
-            ui.visible(f"//*[starts-with(normalize-space(), 'partition:') and contains(normalize-space(), '{run.tags['dagster/partition']}')]")
-
-    # The Sage shard's rows, exactly as many as its materialization says it wrote.
-    sage_meta = sage_event.asset_materialization.metadata
-    assert sage_event.asset_materialization.partition == SHARD
-    assert sage_meta["unaccounted"].value == 0
+    # The warehouse: the VT rows are the 2 loaded days' (each inserted once), none only BLOCKED had.
     engine = sa.create_engine(f"sqlite:///{dagster_dev.data / 'warehouse.sqlite'}")
     try:
         with engine.connect() as conn:
-            sage_rows = conn.execute(
-                sa.select(sa.func.count()).select_from(schema.ioc_file_hashes)
-                .where(schema.ioc_file_hashes.c.source == "SAGE_DUMP")
-            ).scalar_one()
+            vt_rows = {bytes(row[0]).hex() for row in conn.execute(sa.select(table.c.sha256).where(table.c.source == "VIRUS_TOTAL"))}
     finally:
         engine.dispose()
-    assert sage_rows > 0
-    assert sage_rows == sage_meta["written"].value
+    loaded_hashes = set().union(*(exported[day][1] for day in LOADED))
+    only_blocked = exported[BLOCKED][1] - loaded_hashes
+    assert only_blocked, "the sample's blocked day should have hashes of its own"
+    assert len(vt_rows) == sum(loads[day]["inserted"] for day in LOADED) > 0, (len(vt_rows), loads)
+    assert vt_rows <= loaded_hashes, sorted(vt_rows - loaded_hashes)[:5]
+    assert not vt_rows & only_blocked, sorted(vt_rows & only_blocked)[:5]
 
-    # The VT day's export partition: complete (_SUCCESS last), its parts hold the rows the manifest says.
-    assert vt_event.asset_materialization.partition == VT_DAY
-    export_root = dagster_dev.data / "export"
-    manifest = json.loads((export_root / partition_prefix("vt_file_reports", VT_DAY) / SUCCESS_MARKER).read_text())
-    assert manifest["rows"] > 0
-    assert manifest["parts"]
-    for part in manifest["parts"]:  # part names are object names under the export root
-        assert part["name"].startswith(partition_prefix("vt_file_reports", VT_DAY) + "/part-")
-        assert pq.read_metadata(export_root / part["name"]).num_rows == part["rows"]
-    assert sum(part["rows"] for part in manifest["parts"]) == manifest["rows"]
-    assert vt_event.asset_materialization.metadata["written"].value == manifest["rows"]
-
-    # Screenshots for the README: a materialization's accounting, and the whole asset graph.
-    with ui.step("screenshot_materialization"):
-        ui.screenshot_materialization("sage_dump/ioc_file_hashes", SHARD, screenshots / "materialization_metadata.png")
-    with ui.step("screenshot_asset_graph"):
-        ui.screenshot_asset_graph(screenshots / "asset_graph.png")
-    for name in ("materialization_metadata.png", "asset_graph.png"):
-        assert _png_size(screenshots / name) == VIEWPORT
+    # The browser: the backfill's page, then the partitions views of the export and of the load.
+    with ui.step("backfill_page"):
+        ui.open(f"/runs/b/{backfill_id}")
+        ui.visible("//*[normalize-space()='Status']/following-sibling::*[1][normalize-space()='Failed']")
+        for key in keys.values():
+            # A row of the assets table: the name (a link) and its status bar, then the four counts.
+            name = ui.visible(f"//a[./*[@title='{' / '.join(key.path)}']]")  # a truncating label: its title
+            row = name.find_element(By.XPATH, "./ancestor::*[count(*) = 5][1]")
+            cells = [cell.text.strip() for cell in row.find_elements(By.XPATH, "./*")][1:]
+            assert cells == ["3", "0", "2", "1"], (key, cells)  # targeted, in progress, succeeded, failed
+    vt_file_reports, ioc_file_hashes = f"{VT_GROUP}/vt_file_reports", f"{VT_GROUP}/ioc_file_hashes"
+    with ui.step("partitions_vt_file_reports"):
+        assert ui.open_partitions(vt_file_reports, VT_DAYS, status="FAILED") == 1
+        assert ui.listed_partitions([BLOCKED]) == [BLOCKED]
+        assert ui.open_partitions(vt_file_reports, VT_DAYS, partition=BLOCKED) == 3
+        assert ui.partition_counts() == {"Failed": 1, "Materialized": 2, "Materializing": 0, "Missing": 0}
+        ui.visible(f"//*[starts-with(normalize-space(), 'Run {export_run.run_id[:8]} failed, and did not materialize this asset')]")
+        ui.driver.save_screenshot(str(screenshots / "vt_file_reports_partitions.png"))
+    with ui.step("partitions_ioc_file_hashes"):
+        assert ui.open_partitions(ioc_file_hashes, VT_DAYS, status="MISSING") == 1
+        assert ui.listed_partitions([BLOCKED]) == [BLOCKED]
+        assert ui.open_partitions(ioc_file_hashes, VT_DAYS, partition=BLOCKED) == 3
+        assert ui.partition_counts() == {"Failed": 0, "Materialized": 2, "Materializing": 0, "Missing": 1}
+        ui.visible("//*[normalize-space()='Latest materialization']/following-sibling::*[1][normalize-space()='None']")
+        ui.driver.save_screenshot(str(screenshots / "ioc_file_hashes_partitions.png"))
+    with ui.step("screenshot_group_graph"):
+        ui.screenshot_group_graph(VT_GROUP, "(1 failed)", screenshots / "vt_feed_graph.png")
+    for name in ("materialization_metadata.png", "vt_file_reports_partitions.png", "ioc_file_hashes_partitions.png",
+                 "vt_feed_graph.png"):
+        assert _png_size(screenshots / name) == VIEWPORT, name
