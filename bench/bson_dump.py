@@ -4,11 +4,16 @@ For a generated mongodump file of --size-mb (the real file_rep mix: ``sample_dat
 it measures, in one run, CPU-seconds (user + sys) of:
   * plain:    ``bson.decode_file_iter`` over the file, nothing else (the reference decoder);
   * kernel:   ``sage_dump.pipeline.process_stream`` in this process (cut, screen, decode, rules; no writes);
+  * pool:     the same with the step's process pool (``DumpOptions().workers``): this process cuts, the
+              workers read, screen and decode; its CPU and its workers' apart;
+  * load:     ``sage_dump.load.load_dump_file`` into a fresh SQLite warehouse (pool, upserts, quarantine);
   * asset:    ``dagster asset materialize --select sage_dump/ioc_file_hashes --partition r01`` in a fresh
               process, counted with its pool workers (RUSAGE_CHILDREN around it), minus the same command
               on an empty shard (r02: an empty file_rep.bson), which is reported apart as the fixed cost;
 and reports MB/s and documents/s per CPU-second, each ratio to plain, and the peak RSS of the largest
-process of the materialization.
+process of the materialization. ``breakdown`` says where the materialization's CPU goes beyond the kernel:
+the pool (``worker_start_each``: a fresh interpreter importing what a worker imports, times the
+workers), the warehouse writes, and Dagster's part (the materialization less the load).
 
     flock /tmp/ti_bench.lock python bench/bson_dump.py --size-mb 256 [--warehouse-url mysql+pymysql://root@127.0.0.1/test]
 """
@@ -90,6 +95,45 @@ def kernel_pass(path: Path) -> dict:
             "accounting": acc.as_dict()}
 
 
+def pool_pass(path: Path) -> dict:
+    """process_stream with the pool a step uses: this process's CPU and its workers' apart."""
+    from ti_pipeline.sage_dump.load import DumpOptions, rule_context
+    from ti_pipeline.sage_dump.pipeline import process_stream
+
+    options = DumpOptions()
+    own, kids, wall = own_cpu(), children_cpu(), time.perf_counter()
+    with open(path, "rb") as f:
+        for _ in process_stream(f, "file_rep", path.name, rule_context(), workers=options.workers,
+                                block_bytes=options.block_mib << 20):
+            pass
+    return {"parent_cpu_s": own_cpu() - own, "workers_cpu_s": children_cpu() - kids, "wall_s": time.perf_counter() - wall,
+            "workers": options.workers or os.cpu_count()}
+
+
+def load_pass(path: Path, home: Path) -> dict:
+    """load_dump_file into a fresh SQLite warehouse (opened and migrated before the clock starts)."""
+    from ti_pipeline.core.objectstore import open_store
+    from ti_pipeline.core.warehouse import Warehouse
+    from ti_pipeline.sage_dump.load import load_dump_file
+
+    warehouse = Warehouse(f"sqlite:///{home}/load_pass.sqlite")
+    warehouse.ensure_schema()
+    store = open_store(path.parent.as_uri())
+    own, kids, wall = own_cpu(), children_cpu(), time.perf_counter()
+    acc = load_dump_file(store, path.name, "file_rep", warehouse, quarantine_key=("bench", "r01"))
+    figures = {"parent_cpu_s": own_cpu() - own, "workers_cpu_s": children_cpu() - kids, "wall_s": time.perf_counter() - wall,
+               "written": acc.written}
+    warehouse.dispose()
+    return figures
+
+
+def worker_start() -> float:
+    """CPU of a fresh interpreter importing what a pool worker imports (the spawn itself adds a little)."""
+    kids = children_cpu()
+    subprocess.run([sys.executable, "-c", "import ti_pipeline.sage_dump.pipeline"], check=True, cwd=HERE.parent)
+    return children_cpu() - kids
+
+
 def materialize(root: Path, shard: str, warehouse_url: str, home: Path) -> dict:
     """One partition through the Dagster CLI in a fresh process; CPU of it and its pool workers."""
     env = {**os.environ, "TI_SAGE_DUMP_URI": f"file://{root}", "TI_WAREHOUSE_URL": warehouse_url,
@@ -146,14 +190,20 @@ def main() -> None:
     mb = path.stat().st_size / 1e6
     plain = plain_pass(path)
     kernel = kernel_pass(path)
+    pool = pool_pass(path)
+    start = min(worker_start() for _ in range(3))
     with tempfile.TemporaryDirectory(prefix="bench-dump-") as tmp:
         home = Path(tmp)
+        load = load_pass(path, home)
         root = dump_root(path, home)
         url = fresh_warehouse(args.warehouse_url, home)
         empty = materialize(root, "r02", url, home)
         asset = materialize(root, "r01", url, home)
     assert kernel["docs"] == plain["docs"], (kernel, plain)
     asset_cpu = asset["cpu_s"] - empty["cpu_s"]
+    assert load["written"] == kernel["written"], (load, kernel)
+    pool_cpu = pool["parent_cpu_s"] + pool["workers_cpu_s"]
+    load_cpu = load["parent_cpu_s"] + load["workers_cpu_s"]
 
     def rate(cpu_s: float) -> dict:
         return {"cpu_s": round(cpu_s, 2), "mb_per_cpu_s": round(mb / cpu_s, 1), "docs_per_cpu_s": round(plain["docs"] / cpu_s),
@@ -167,9 +217,21 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "plain_decode_file_iter": rate(plain["cpu_s"]),
         "kernel_inline": {**rate(kernel["cpu_s"]), "accounting": kernel["accounting"]},
+        "pool": {**rate(pool_cpu), "parent_cpu_s": round(pool["parent_cpu_s"], 2),
+                 "workers_cpu_s": round(pool["workers_cpu_s"], 2), "workers": pool["workers"], "wall_s": round(pool["wall_s"], 1)},
+        "load_into_sqlite": {**rate(load_cpu), "parent_cpu_s": round(load["parent_cpu_s"], 2),
+                             "workers_cpu_s": round(load["workers_cpu_s"], 2), "wall_s": round(load["wall_s"], 1)},
         "materialization_minus_empty": {**rate(asset_cpu), "wall_s": round(asset["wall_s"], 1),
                                         "peak_rss_mb_largest_process": round(asset["peak_rss_mb"])},
         "empty_partition_fixed_cost": {"cpu_s": round(empty["cpu_s"], 2), "wall_s": round(empty["wall_s"], 1)},
+        "breakdown_cpu_s": {
+            "kernel": round(kernel["cpu_s"], 2),
+            "pool_beyond_kernel": round(pool_cpu - kernel["cpu_s"], 2),
+            "of_which_worker_start": round(start * pool["workers"], 2),
+            "worker_start_each": round(start, 2),
+            "warehouse_writes": round(load_cpu - pool_cpu, 2),
+            "dagster_step_beyond_load": round(asset_cpu - load_cpu, 2),
+        },
     }
     print(json.dumps(report, indent=2))
 

@@ -8,6 +8,9 @@ file (``GzipStream``) that is damaged ends the same way, after every whole docum
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import struct
 import zlib
 from array import array
@@ -33,6 +36,91 @@ class Block:
     data: bytes  # whole documents only
     documents: int
     starts: array  # each document's offset in ``data`` (found while cutting, so no worker walks them again)
+
+
+class FileChanged(RuntimeError):
+    """A local dump file changed between the cut and a worker's read of one of its blocks."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A local, uncompressed dump file being read: where it is and what it was when the cut opened it
+    (device, inode, size, mtime), and the file offset of the stream's first byte."""
+
+    path: str
+    identity: tuple[int, int, int, int]
+    base: int
+
+    @classmethod
+    def of(cls, stream: object) -> LocalFile | None:
+        """The file behind ``stream`` when it is a regular file opened by path (``LocalStore.open_read``);
+        None for anything else (a GCS download, a gzip stream, a pipe, memory)."""
+        if not isinstance(stream, io.BufferedReader) or not isinstance(stream.raw, io.FileIO):
+            return None
+        name = stream.name
+        if not isinstance(name, str):
+            return None
+        try:
+            st = os.fstat(stream.fileno())
+            base = stream.tell()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return cls(os.path.abspath(name), _identity(st), base)
+
+    def slice(self, block: Block) -> BlockSlice:
+        return BlockSlice(self, block.offset, len(block.data), block.documents, block.starts)
+
+
+@dataclass(frozen=True)
+class BlockSlice:
+    """A block named by where it is in a ``LocalFile``, not by its bytes: what a worker is sent for a
+    local file, which it reads itself (``read``), so the block is not copied through a pipe twice."""
+
+    file: LocalFile
+    offset: int  # of the first document, from the stream's start (as ``Block.offset``)
+    length: int
+    documents: int
+    starts: array
+
+    def read(self) -> Block:
+        """The block's bytes, read from the file; raises ``FileChanged`` when the file is not the one
+        cut (identity) or the bytes read do not hold the documents the cut found there (their
+        lengths and terminating NULs), so the boundaries a worker decodes are always the cut's."""
+        import numpy as np
+
+        with open(self.file.path, "rb", buffering=0) as f:
+            if _identity(os.fstat(f.fileno())) != self.file.identity:
+                raise FileChanged(f"{self.file.path} changed while it was read")
+            data = _pread(f.fileno(), self.length, self.file.base + self.offset)
+        starts = np.frombuffer(self.starts, np.int64)
+        ends = np.append(starts[1:], len(data))
+        if len(data) != self.length or (
+            len(starts)
+            and not (
+                (np.ndarray((len(data) - 3,), "<i4", data, 0, (1,))[starts] == ends - starts).all()
+                and not np.frombuffer(data, np.uint8)[ends - 1].any()
+            )
+        ):
+            raise FileChanged(f"{self.file.path} changed while it was read (at byte {self.file.base + self.offset})")
+        return Block(self.offset, data, self.documents, self.starts)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length and (more := os.pread(fd, length - got, offset + got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)

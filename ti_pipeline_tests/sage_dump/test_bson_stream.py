@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import io
+import os
 import zlib
 
 import bson
@@ -9,7 +10,9 @@ import pytest
 from ti_pipeline.sage_dump.bson_stream import (
     Block,
     Corrupt,
+    FileChanged,
     GzipStream,
+    LocalFile,
     UnreadableStream,
     iter_blocks,
 )
@@ -129,3 +132,53 @@ def test_damaged_gzip_ends_the_blocks_with_one_corrupt():
     decoded = zlib.decompressobj(31).decompress(cut)
     assert corrupt == Corrupt(len(kept), f"truncated_gzip: the file ends inside a gzip member, at compressed byte {len(cut)}",
                               decoded[len(kept):][:512], len(decoded) - len(kept))
+
+
+def test_only_a_regular_file_opened_by_path_is_read_by_the_workers(tmp_path):
+    path = tmp_path / "c.bson"
+    path.write_bytes(b"".join(_docs(3)))
+    with open(path, "rb") as f:
+        f.seek(7)
+        local = LocalFile.of(f)
+    assert local is not None and local.path == str(path) and local.base == 7
+    assert LocalFile.of(io.BytesIO(b"")) is None
+    with open(path, "rb") as f:
+        assert LocalFile.of(GzipStream(f)) is None
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as pipe, os.fdopen(w, "wb"):
+        assert LocalFile.of(pipe) is None
+
+
+def test_a_slice_reads_the_bytes_of_its_block_and_only_those(tmp_path):
+    docs = _docs(300)
+    path = tmp_path / "c.bson"
+    path.write_bytes(b"junk" + b"".join(docs))
+    with open(path, "rb") as f:
+        f.seek(4)
+        local = LocalFile.of(f)
+        blocks = list(iter_blocks(f, 1000))
+    assert len(blocks) > 3
+    for block in blocks:
+        read = local.slice(block).read()
+        assert (read.offset, read.data, read.documents, read.starts) == (block.offset, block.data, block.documents, block.starts)
+
+
+def test_a_slice_of_a_file_that_changed_since_the_cut_is_refused(tmp_path):
+    docs = _docs(40)
+    path = tmp_path / "c.bson"
+    path.write_bytes(b"".join(docs))
+    with open(path, "rb") as f:
+        local = LocalFile.of(f)
+        block = list(iter_blocks(f, 1 << 20))[0]
+    piece = local.slice(block)
+    stat = path.stat()
+    # Same size and times, other boundaries: the documents' lengths no longer match the cut's.
+    shifted = b"".join([docs[1], docs[0], *docs[2:]])
+    assert len(shifted) == stat.st_size and shifted != path.read_bytes()
+    path.write_bytes(shifted)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(FileChanged, match="changed while it was read"):
+        piece.read()
+    path.write_bytes(b"".join(docs) + b"more")  # another size
+    with pytest.raises(FileChanged):
+        piece.read()

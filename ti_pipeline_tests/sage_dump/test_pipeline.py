@@ -93,3 +93,25 @@ def run_stream(stream, workers: int):
         quarantine += result.quarantine
         rows += result.rows.get("ioc_ips", [])
     return acc, quarantine, rows
+
+
+@pytest.mark.parametrize("collection", ["TOKENS", "file_rep"])
+def test_a_local_file_read_by_the_workers_gives_what_one_process_gives(tmp_path, collection):
+    """A local .bson goes to the workers as slices they read themselves: same rows, accounting and
+    quarantine (offsets, reasons, excerpts) as one process reading the stream."""
+    from ti_pipeline.sample_data.sage import file_rep_docs
+
+    docs = [token(i) for i in range(1, 300)] if collection == "TOKENS" else [bson.encode(d) for d in file_rep_docs("t", 300, seed=3)]
+    data = b"".join(docs[:100]) + UNDECODABLE + b"".join(docs[100:]) + docs[0][:9]
+    path = tmp_path / "c.bson"
+    path.write_bytes(b"prefix" + data)
+
+    def results(workers: int, stream):
+        return [(r.rows, r.accounting.as_dict(), r.quarantine, r.bytes_read)
+                for r in process_stream(stream, collection, "file:///c.bson", CTX, workers=workers, block_bytes=1024)]
+
+    expected = results(1, io.BytesIO(data))
+    with open(path, "rb") as f:
+        f.seek(len(b"prefix"))
+        assert results(2, f) == expected
+    assert len(expected) > 5 and any(q for _, _, q, _ in expected)
