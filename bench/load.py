@@ -14,7 +14,8 @@ Each repeat, on a fresh database, measures:
   admitted rows, in export order) into an empty copy of ``ioc_file_hashes``;
 - ``executemany`` INSERT batches of the same rows into another empty copy;
 - the loader kernel (``load_day``) on day 1 (empty table) and day 2 (half newer rescans of day 1,
-  half new files), with its staging / merge split;
+  half new files), with its staging / merge split (new keys go straight into the table during
+  "staging": ``direct_rows``; only stored keys are staged and merged: ``staged_rows``);
 - the materialization as a user runs it: ``dagster asset materialize`` of ``vt_feed/ioc_file_hashes``
   in a fresh process, once for an empty day (a published export with zero rows: the fixed cost) and
   once for day 1 into an empty table.
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes[label] = {
                     "read": load.accounting.read, "inserted": f["inserted"], "updated": f["updated"],
                     "kept_older": f["kept_older"], "not_imported": load.accounting.filtered["classification_not_imported"],
+                    "direct_rows": f["direct_rows"], "staged_rows": f["staged_rows"],
                 }
             with engine.connect() as conn:
                 stored = conn.execute(sa.select(sa.func.count()).select_from(schema.ioc_file_hashes)).scalar_one()

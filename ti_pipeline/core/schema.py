@@ -357,8 +357,9 @@ def vt_load_staging(day_yyyymmdd: str) -> tuple[sa.Table, sa.Table]:
 
 def vt_classified_staging(day_yyyymmdd: str) -> sa.Table:
     """The ``sql`` loader's one staging table of a day (same name as the reports table above): the
-    report columns the merge reads (not ``source_package``) and the Broccoli classification, joined
-    to each row in process, so the merge needs neither a sidecar table nor a join by SHA1."""
+    report columns the merge reads (not ``source_package``) and each row's incoming classification
+    (a curated token's, else Broccoli's; NULL for neither) and source (TOKENS or VIRUS_TOTAL),
+    computed in process, so the merge joins neither a sidecar table nor ``ioc_tokens``."""
     import pyarrow as pa
 
     from ti_pipeline.core.exports import VT_FILE_REPORTS
@@ -366,4 +367,5 @@ def vt_classified_staging(day_yyyymmdd: str) -> sa.Table:
     reports, _sidecar = vt_load_staging(day_yyyymmdd)
     merged_fields = pa.schema([f for f in VT_FILE_REPORTS if f.name != "source_package"])
     classification = sa.Column("classification", ioc_file_hashes.c.classification.type)
-    return staging_table(reports.name, merged_fields, "sha256", classification)
+    source = sa.Column("source", ioc_file_hashes.c.source.type)
+    return staging_table(reports.name, merged_fields, "sha256", classification, source)

@@ -86,6 +86,9 @@ class StageRequest:
     log: logging.Logger
     quarantine: Callable[[Sequence[QuarantineRecord]], None]
     on_event: EventHook | None = None
+    admitted: tuple[str, ...] | None = None
+    """The classifications the import policy admits: a stager that writes new rows straight into the
+    target (``SqlStager`` with LOAD DATA) needs them; None: stage every row."""
 
     def event(self, name: str, index: int) -> None:
         if self.on_event is not None:
@@ -94,11 +97,16 @@ class StageRequest:
 
 @dataclass
 class StageResult:
-    """VT report rows read and rejected while staging (the Broccoli sidecar only gets figures)."""
+    """VT report rows read and rejected while staging (the Broccoli sidecar only gets figures).
+
+    ``unstaged``: rows settled without the staging table (written straight into the target, or
+    left out by the import policy), their outcome counts in ``outcomes`` (the merge's names)."""
 
     read: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     figures: Counter[str] = field(default_factory=Counter)
+    unstaged: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
 
 
 class Stager(Protocol):

@@ -123,20 +123,25 @@ def _load_day(
         reports_table, sidecar_table = schema.vt_load_staging(day_yyyymmdd)
     staging = [t for t in (reports_table, sidecar_table) if t is not None]
     recreate(warehouse, day_yyyymmdd, *staging)
+    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect, tuple(policy.classifications))
     acc = Accounting()
     started = time.monotonic()
     log.info(f"staging {len(reports.parts)} part(s) of {store.url_of(reports.prefix)} with the {stager.name} loader")
     staged_result = stager.stage(
-        StageRequest(warehouse, store, reports, sidecar, reports_table, sidecar_table, settings, log, quarantine, on_event)
+        StageRequest(
+            warehouse, store, reports, sidecar, reports_table, sidecar_table, settings, log, quarantine, on_event, plan.admitted
+        )
     )
     staging_seconds = time.monotonic() - started
     acc.read = staged_result.read
     acc.rejected.update(staged_result.rejected)
     acc.figures.update(staged_result.figures)
     staged = warehouse.count(reports_table)
-    shortfall = acc.read - acc.rejected_total - staged
+    # Rows the stager settled itself (new rows written straight into the target, or left out by the policy).
+    unstaged = staged_result.unstaged
+    shortfall = acc.read - acc.rejected_total - staged - unstaged
     if shortfall < 0:
-        raise LoaderError(f"{reports_table.name} holds {staged} rows but only {acc.read} were read")
+        raise LoaderError(f"{reports_table.name} holds {staged} rows and {unstaged} were settled unstaged, but only {acc.read} were read")
     if shortfall:
         acc.reject(stager.shortfall_reason, shortfall)
         log.warning(f"{shortfall} report row(s) read but not staged: {stager.shortfall_reason}")
@@ -144,16 +149,17 @@ def _load_day(
     if sidecar_table is not None:
         acc.figures["sidecar_rows"] = warehouse.count(sidecar_table)
 
-    plan = MergePlan(reports_table, sidecar_table, warehouse.dialect, tuple(policy.classifications))
     started = time.monotonic()
     outcomes = merge_staged(warehouse, plan, settings, log, acc, on_event)
+    outcomes.update(staged_result.outcomes)
     merge_seconds = time.monotonic() - started
     acc.written = outcomes["inserted"] + outcomes["updated"] + outcomes["reapplied"]
     acc.filter(KEPT_OLDER, outcomes["kept_older"])
     not_imported = outcomes[values.FILTER_CLASSIFICATION_NOT_IMPORTED]
     acc.filter(values.FILTER_CLASSIFICATION_NOT_IMPORTED, not_imported)
     with warehouse.engine.connect() as conn:
-        missing, outcomes["token_rows"] = (int(value) for value in conn.execute(plan.verify_statement()).one())
+        missing, token_rows = (int(value) for value in conn.execute(plan.verify_statement()).one())
+    outcomes["token_rows"] += token_rows
     for name in (*OUTCOMES, "token_rows"):
         acc.figures[name] = outcomes[name]
     acc.figures.update({k: v for k, v in outcomes.items() if k.startswith(("classification.", "not_imported."))})

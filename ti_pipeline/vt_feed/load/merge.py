@@ -5,24 +5,29 @@ Rules (docs/architecture.md, "VT load"):
   (the table's ``schema.MERGE_RULES`` guard, as on the dump load; an equal date re-applies the same
   values), so days loaded in any order or twice end in the same table;
 - ``first_seen``/``last_seen`` are the earliest/latest scan ever loaded;
-- the incoming Broccoli classification is the staged row's own ``classification`` (the ``sql``
-  loader joined it in process) or, for the TiDB tools' staging, the sidecar table's row of its SHA1;
-- classification: a curated SHA256/SHA1/MD5 token (``ioc_tokens``, its word read as
+- the incoming classification: a curated SHA256/SHA1/MD5 token (``ioc_tokens``, its word read as
   ``values.classification_of`` reads it: malware -> MALWARE, whitelist -> WHITELIST, hacktool ->
-  HACKTOOL, ...) outranks everything and makes the row's source ``TOKENS``; a row stored from a token
-  keeps its classification. Otherwise Broccoli's classification of the SHA1 wins when the incoming
-  scan does, or fills a stored ``UNKNOWN``; Broccoli without one (404, NULL, no sidecar row, a value
-  outside the enum) keeps the stored classification, and a new row gets ``UNKNOWN``;
+  HACKTOOL, ...) outranks Broccoli's and makes the row's source ``TOKENS``. The ``sql`` loader
+  computes it in process (``TokenLookup``, ``incoming``) and stages it with the source; for the
+  TiDB tools' staging the merge joins the sidecar table and ``ioc_tokens`` (``_classified``);
+- a row stored from a token keeps its classification. Otherwise Broccoli's classification of the
+  SHA1 wins when the incoming scan does, or fills a stored ``UNKNOWN``; Broccoli without one (404,
+  NULL, no sidecar row, a value outside the enum) keeps the stored classification, and a new row
+  gets ``UNKNOWN``;
 - import policy (``TI_IMPORT_CLASSIFICATIONS``): a staged row whose classification after these rules
   is not admitted is not merged at all; it is counted as filtered ``classification_not_imported``.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
@@ -34,6 +39,8 @@ RULE = schema.MERGE_RULES[TARGET.name]
 OUTCOMES = ("inserted", "updated", "reapplied", "kept_older")
 # Token hash columns, the most specific first: when tokens disagree, the SHA256 token decides.
 TOKEN_DIGESTS = ("sha256", "sha1", "md5")
+DIGEST_BYTES = {"sha256": 32, "sha1": 20, "md5": 16}
+_HEX = re.compile(r"[0-9a-fA-F]+")
 # What ``values.classification_of`` ignores in a word besides case, removed the same way in SQL.
 _WORD_SEPARATORS = (" ", "\t", "-", "_")
 
@@ -63,6 +70,68 @@ def token_classification(response: sa.ColumnElement) -> sa.ColumnElement:
             raise ValueError(f"not a plain classification word: {word!r}")
         whens[word_key] = values.classification_of(word)
     return sa.case(*((sa.literal_column(f"'{k}'"), _lit(c)) for k, c in whens.items()), value=key, else_=None)
+
+
+@dataclass(frozen=True)
+class TokenLookup:
+    """The curated digest tokens in process (``ioc_tokens`` is small: about 2,500 rows), matched as the
+    SQL join matches them (``token = LOWER(HEX(digest))``, the first of ``TOKEN_DIGESTS`` that has a
+    token decides) and read through ``values.classification_of``, the one table of words. Hex digits
+    match in either case, as MariaDB's collation compares them (the dump's rules store tokens in lower
+    case, so SQLite's exact comparison never differs in practice).
+
+    ``digests``: per digest column, its token keys (raw bytes) and each token's classification (None
+    for a word no source uses: that token still decides, and classifies nothing, as in SQL)."""
+
+    digests: tuple[tuple[str, pa.Array, pa.Array], ...]
+
+    @classmethod
+    def build(cls, tokens: Iterable[tuple[str, str]]) -> TokenLookup:
+        tokens = list(tokens)
+        digests = []
+        for name in TOKEN_DIGESTS:
+            width = DIGEST_BYTES[name]
+            found: dict[bytes, str | None] = {}
+            for token, response in tokens:
+                if isinstance(token, str) and len(token) == 2 * width and _HEX.fullmatch(token):
+                    found.setdefault(bytes.fromhex(token), values.classification_of(response))
+            if found:
+                digests.append((name, pa.array(list(found), pa.binary(width)), pa.array(list(found.values()), pa.string())))
+        return cls(tuple(digests))
+
+    @classmethod
+    def read(cls, conn: sa.Connection) -> TokenLookup:
+        return cls.build(conn.execute(sa.select(schema.ioc_tokens.c.token, schema.ioc_tokens.c.response)).all())
+
+    def __len__(self) -> int:
+        return sum(len(keys) for _name, keys, _classes in self.digests)
+
+    def classify(self, rows: pa.RecordBatch) -> pa.Array:
+        """Per row, the classification its token gives (null: no token, or a token of an unknown word)."""
+        result = pa.nulls(rows.num_rows, pa.string())
+        decided = np.zeros(rows.num_rows, dtype=bool)
+        for name, keys, classes in self.digests:
+            column = rows.column(name)
+            index = pc.index_in(column, value_set=keys if column.type == keys.type else keys.cast(column.type))
+            hit = pc.is_valid(index).to_numpy(zero_copy_only=False)
+            result = pc.if_else(pa.array(hit & ~decided), pc.take(classes, index), result)
+            decided |= hit
+        return result
+
+
+def incoming(token_class: pa.Array, broccoli_class: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The incoming row's ``(classification, source)`` in Arrow, as ``_classified`` states it in SQL
+    for the TiDB tools' staging: a token outranks Broccoli and makes the source TOKENS. The
+    classification is null when neither gives one (``UNKNOWN`` once merged: ``unknown_if_none``)."""
+    tokens = pc.is_valid(token_class)
+    return pc.coalesce(token_class, broccoli_class), pc.if_else(tokens, "TOKENS", "VIRUS_TOTAL")
+
+
+def unknown_if_none(classification):
+    """What an incoming row without a classification holds: ``UNKNOWN`` (Arrow or SQL)."""
+    if isinstance(classification, pa.Array | pa.ChunkedArray):
+        return pc.fill_null(classification, "UNKNOWN")
+    return sa.func.coalesce(classification, _lit("UNKNOWN"))
 
 
 def count(condition: sa.ColumnElement) -> sa.ColumnElement:
@@ -109,37 +178,38 @@ class MergePlan:
         Returns ``(from clause, incoming row columns, stored row alias, final classification)``.
         """
         s = self.reports.c
-        if self.sidecar is None:
-            joined, broccoli_class = self.reports, s.classification
+        if self.sidecar is None:  # the sql loader staged each row's incoming classification and source
+            joined, classification, source = self.reports, unknown_if_none(s.classification), s.source
         else:
             b = self.sidecar.c
             joined = self.reports.outerjoin(self.sidecar, b.sha1 == s.sha1)
             valid = b.classification.in_([_lit(c) for c in schema.FILE_CLASSIFICATIONS])
             broccoli_class = sa.case((valid, b.classification), else_=None)
-        responses = []
-        for digest in TOKEN_DIGESTS:
-            token = schema.ioc_tokens.alias(f"tok_{digest}")
-            joined = joined.outerjoin(token, token.c.token == sa.func.lower(sa.func.hex(s[digest])))
-            responses.append(token.c.response)
-        token_class = token_classification(sa.func.coalesce(*responses))
-        incoming = (
+            responses = []
+            for digest in TOKEN_DIGESTS:
+                token = schema.ioc_tokens.alias(f"tok_{digest}")
+                joined = joined.outerjoin(token, token.c.token == sa.func.lower(sa.func.hex(s[digest])))
+                responses.append(token.c.response)
+            token_class = token_classification(sa.func.coalesce(*responses))
+            classification = unknown_if_none(sa.func.coalesce(token_class, broccoli_class))
+            source = sa.case((token_class.is_not(None), _lit("TOKENS")), else_=_lit("VIRUS_TOTAL"))
+        incoming_rows = (
             sa.select(
                 s.sha256, s.sha1, s.md5, s.detection_names, s.scan_date, s.positives, s.total,
-                sa.func.coalesce(token_class, broccoli_class, _lit("UNKNOWN")).label("classification"),
-                sa.case((token_class.is_not(None), _lit("TOKENS")), else_=_lit("VIRUS_TOTAL")).label("source"),
+                classification.label("classification"), source.label("source"),
             )
             .select_from(joined)
             .where(*self._key_range(lo, hi))
             .subquery("incoming")
         )
-        new = incoming.c
+        new = incoming_rows.c
         stored = TARGET.alias("stored_row")
         guard = merge_guard(stored, new, RULE)
         final = sa.case(
             (stored.c.sha256.is_(None), new.classification),
             else_=classification_rule(new.classification, new.source, stored.c.classification, stored.c.source, guard),
         )
-        return incoming.outerjoin(stored, stored.c.sha256 == new.sha256), new, stored, final
+        return incoming_rows.outerjoin(stored, stored.c.sha256 == new.sha256), new, stored, final
 
     def _admitted(self, final: sa.ColumnElement) -> sa.ColumnElement:
         return final.in_([_lit(c) for c in self.admitted])

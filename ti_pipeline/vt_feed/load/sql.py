@@ -1,8 +1,14 @@
 """The ``sql`` loader: stream the listed Parquet parts into the day's staging table in bounded batches.
 
 The Broccoli sidecar is read first into an in-process lookup (``BroccoliLookup``: its SHA1s sorted,
-about 21 bytes per classified file), and each report batch carries its row's classification into
-the one staging table (``schema.vt_classified_staging``), so the merge joins no sidecar table. The
+about 21 bytes per classified file), the curated tokens too (``merge.TokenLookup``), and each report
+batch carries its row's incoming classification and source into the one staging table
+(``schema.vt_classified_staging``), so the merge joins neither a sidecar table nor the tokens.
+
+On MySQL-family servers with LOAD DATA, rows of keys the target does not hold yet skip staging
+(``SqlStager._split``): the admitted ones are loaded straight into ``ioc_file_hashes``, the others
+counted out; a batch whose LOAD DATA the server took short (another load inserted a key since the
+check) is rolled back and staged instead, so the guarded merge settles it (``_settle``). The
 export is sorted by sha256, so batches arrive in key order and the staging table's only index, its
 primary key, grows at its end. A worker thread prepares the next batch (Parquet read, checks, join,
 the TSV file) while the server loads the current one (``read_ahead``).
@@ -46,6 +52,7 @@ from ti_pipeline.core import schema, values
 from ti_pipeline.core.accounting import QuarantineRecord
 from ti_pipeline.core.exports import BROCCOLI_CLASSIFICATIONS, DayExport, iter_batches
 from ti_pipeline.vt_feed.load.base import StageRequest, StageResult, mysql_family, quote_identifier, retrying
+from ti_pipeline.vt_feed.load.merge import TARGET, TokenLookup, incoming, unknown_if_none
 
 # Server or client refusing LOAD DATA LOCAL: not allowed (1148), disabled (3948; MariaDB 4166), rejected (2068).
 LOCAL_INFILE_REFUSED = (1148, 2068, 3948, 4166)
@@ -58,6 +65,13 @@ DUPLICATE_KEY = 1062  # skipped like a duplicate in the export: counted by the s
 # MySQL errors about one value (NULL, out of range, truncated, incorrect, too long): that row is refused.
 VALUE_ERRORS = frozenset({1048, 1264, 1265, 1292, 1366, 1406, 1411, 1690})
 WARNINGS_SHOWN = 3
+# The target's columns a new row gets straight from LOAD DATA: what the merge would insert.
+DIRECT_COLUMNS = (
+    "sha256", "sha1", "md5", "classification", "source", "detection_names", "scan_date", "positives", "total",
+    "first_seen", "last_seen",
+)
+# Keys per existence check (one indexed IN lookup each).
+CHECK_KEYS = 5_000
 _INTEGER_RANGES = {sa.SmallInteger: (-(2**15), 2**15 - 1), sa.Integer: (values.INT32_MIN, values.INT32_MAX)}
 
 
@@ -69,10 +83,11 @@ class StagingWarnings(Exception):
         super().__init__(f"{table}: the server changed values instead of refusing them ({first})")
 
 
-def load_data_statement(table: sa.Table) -> str:
-    """``LOAD DATA LOCAL INFILE`` of a file written by ``write_tsv`` (file name bound as %(path)s)."""
+def load_data_statement(table: sa.Table, columns: Iterable[str] | None = None) -> str:
+    """``LOAD DATA LOCAL INFILE`` of a file written by ``write_tsv`` (file name bound as %(path)s), of
+    ``columns`` of ``table`` in that order (default: all of them)."""
     targets, sets = [], []
-    for column in table.columns:
+    for column in table.columns if columns is None else [table.c[name] for name in columns]:
         if isinstance(column.type, sa.BINARY):
             targets.append(f"@{column.name}")
             sets.append(f"{quote_identifier(column.name)} = UNHEX(@{column.name})")
@@ -186,6 +201,14 @@ class _Batch:
     read: int
     tsv: str | None = None
     """The rows written for LOAD DATA (when that is how they go), by ``SqlStager._prepare``."""
+    direct: pa.RecordBatch | None = None
+    """New keys the policy admits (staging columns), for LOAD DATA straight into the target."""
+    direct_offsets: pa.Array | None = None
+    direct_tsv: str | None = None
+    direct_outcomes: Counter[str] | None = None
+    dropped: int = 0
+    """New keys the policy leaves out: settled in process, their counts in ``dropped_outcomes``."""
+    dropped_outcomes: Counter[str] | None = None
 
 
 _END = object()
@@ -209,14 +232,18 @@ SIDECAR_COLUMNS = ("sha1", "classification")
 SIDECAR_CHECKS = schema.staging_table("broccoli_sidecar", pa.schema([f for f in BROCCOLI_CLASSIFICATIONS if f.name in SIDECAR_COLUMNS]), "sha1")
 
 
+def _digest_keys(digest: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A digest column as numpy ``S<width>`` (numpy's string order is byte order for equal lengths) and
+    the mask of the rows that hold a ``width``-byte value (a null or another length matches nothing)."""
+    usable = pc.fill_null(pc.equal(pc.binary_length(digest), width), False)
+    if digest.type != pa.binary(width):
+        digest = pc.if_else(usable, digest, pa.scalar(bytes(width), digest.type)).cast(pa.binary(width))
+    raw = np.frombuffer(digest.buffers()[1], dtype=f"S{width}")
+    return raw[digest.offset : digest.offset + len(digest)], usable.to_numpy(zero_copy_only=False)
+
+
 def _sha1_keys(sha1: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A SHA1 column as numpy ``S20`` (numpy's string order is byte order for equal lengths) and the
-    mask of the rows that hold a 20-byte value (a null or another length can match nothing)."""
-    usable = pc.fill_null(pc.equal(pc.binary_length(sha1), 20), False)
-    if sha1.type != pa.binary(20):
-        sha1 = pc.if_else(usable, sha1, pa.scalar(bytes(20), sha1.type)).cast(pa.binary(20))
-    raw = np.frombuffer(sha1.buffers()[1], dtype="S20")
-    return raw[sha1.offset : sha1.offset + len(sha1)], usable.to_numpy(zero_copy_only=False)
+    return _digest_keys(sha1, 20)
 
 
 @dataclass(frozen=True)
@@ -261,13 +288,81 @@ class BroccoliLookup:
         return CLASSIFICATION_VALUES.take(indices)
 
 
-def classified(rows: pa.RecordBatch, table: sa.Table, lookup: BroccoliLookup) -> pa.RecordBatch:
-    """The staging table's columns of a report batch, its ``classification`` from the sidecar."""
-    columns = [lookup.classify(rows.column("sha1")) if c.name == "classification" else rows.column(c.name) for c in table.columns]
+def classified(rows: pa.RecordBatch, table: sa.Table, lookup: BroccoliLookup, tokens: TokenLookup) -> pa.RecordBatch:
+    """The staging table's columns of a report batch with its incoming ``classification`` and ``source``
+    (``merge.incoming``: a curated token's, else the sidecar's)."""
+    classification, source = incoming(tokens.classify(rows), lookup.classify(rows.column("sha1")))
+    made = {"classification": classification, "source": source}
+    columns = [made[c.name] if c.name in made else rows.column(c.name) for c in table.columns]
     return pa.RecordBatch.from_arrays(columns, names=[c.name for c in table.columns])
 
 
+def direct_rows(rows: pa.RecordBatch) -> pa.RecordBatch:
+    """``DIRECT_COLUMNS`` of new rows (staging columns): what the merge would insert for them."""
+    made = {
+        "classification": unknown_if_none(rows.column("classification")),
+        "first_seen": rows.column("scan_date"),
+        "last_seen": rows.column("scan_date"),
+    }
+    columns = [made[name] if name in made else rows.column(name) for name in DIRECT_COLUMNS]
+    return pa.RecordBatch.from_arrays(columns, names=list(DIRECT_COLUMNS))
+
+
+def new_row_outcomes(classification: pa.Array, source: pa.Array, admitted: bool) -> Counter[str]:
+    """The merge's outcome counts of new rows (their final classification is their own): admitted,
+    ``inserted`` and ``classification.<X>``; left out, ``classification_not_imported`` and
+    ``not_imported.<X>``; and ``token_rows``, the admitted rows stored under a token."""
+    counts: Counter[str] = Counter()
+    for value, n in zip(*_value_counts(unknown_if_none(classification)), strict=True):
+        counts[f"classification.{value}" if admitted else f"not_imported.{value}"] += n
+    total = len(classification)
+    if admitted:
+        counts["inserted"] += total
+        counts["token_rows"] += int(pc.sum(pc.equal(source, "TOKENS")).as_py() or 0)
+    else:
+        counts[values.FILTER_CLASSIFICATION_NOT_IMPORTED] += total
+    return +counts if total else Counter()
+
+
+def _value_counts(array: pa.Array) -> tuple[list, list[int]]:
+    counted = pc.value_counts(array)
+    return counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+
+
+class _Seen:
+    """The keys settled outside the staging table so far, as sorted ``S32`` runs with their bounds: a
+    later copy of one is a duplicate in the export (the staging table's key drops the others)."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[bytes, bytes, np.ndarray]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def add(self, keys: np.ndarray) -> None:
+        if len(keys):
+            ordered = np.sort(keys)
+            self._runs.append((ordered[0], ordered[-1], ordered))
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys), dtype=bool)
+        if not len(keys):
+            return found
+        ordered = np.sort(keys)
+        low, high = ordered[0], ordered[-1]
+        for first, last, run in self._runs:
+            if last < low or first > high:  # the export is sorted: earlier runs rarely overlap
+                continue
+            where = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            found |= run[where] == keys
+        return found
+
+
 # ---- the stager ----------------------------------------------------------------------------------
+
+
+class _Collided(Exception):
+    """LOAD DATA into the target skipped rows: another load inserted some of the keys since the check."""
 
 
 class SqlStager:
@@ -279,42 +374,199 @@ class SqlStager:
         self._use_load_data = True
 
     def stage(self, request: StageRequest) -> StageResult:
+        """Stage the day's report rows. With LOAD DATA and a policy, a batch's rows whose key the target
+        does not hold yet are settled here instead (``_split``): those the policy admits go straight
+        into the target, the others are counted out; only rows of stored keys are staged for the merge."""
         result = StageResult()
         wh = request.warehouse
         self._use_load_data = request.settings.load_data and mysql_family(wh)
+        direct = self._use_load_data and request.admitted is not None
         engine = self._staging_engine(wh.engine)
+        # The worker thread's own connection for the existence checks (pre-pinged: a connection dropped
+        # while idle is replaced; one dropped during a check retries it, counted in check_figures).
+        checker = sa.create_engine(engine.url, pool_size=1, max_overflow=0, pool_pre_ping=True) if direct else None
+        check_figures: Counter[str] = Counter()
         try:
             lookup = self._sidecar(request, result.figures)
+            with wh.engine.connect() as conn:
+                tokens = TokenLookup.read(conn)
+            result.figures["token_keys"] = len(tokens)
             table = request.reports_table
+            seen = _Seen()
             with tempfile.TemporaryDirectory(prefix="ti-stage-") as tmp:
                 checked = self._batches(request, request.reports, table, result.rejected, REQUIRED, REPORT_TEXT_LIMITS)
-                prepared = (self._prepare(batch, table, lookup, os.path.join(tmp, f"batch-{i}.tsv")) for i, batch in enumerate(checked))
+                prepared = (
+                    self._prepare(batch, table, lookup, tokens, os.path.join(tmp, f"batch-{i}"), seen, checker, request.admitted, check_figures)
+                    for i, batch in enumerate(checked)
+                )
                 # Closed before the folder goes: the worker may be writing the next batch's file into it.
                 with closing(read_ahead(prepared)) as batches:
                     for index, batch in enumerate(batches):
                         result.read += batch.read
-                        if batch.rows.num_rows:
-                            self._send(engine, request, table, batch, result.rejected, result.figures, f"staging batch {index}")
+                        self._settle(engine, request, table, batch, result, index, os.path.join(tmp, f"rerouted-{index}.tsv"))
                         result.figures["staged_batches"] += 1
                         request.log.info(f"staged {result.read:,} report rows of {request.reports.prefix} ({index + 1} batches)")
                         request.event("staged_batch", index)
         finally:
             engine.dispose()
+            if checker is not None:
+                checker.dispose()
+        result.figures.update({f"existence_check_{k}": v for k, v in check_figures.items()})
         return result
 
-    def _prepare(self, batch: _Batch, table: sa.Table, lookup: BroccoliLookup, tsv: str) -> _Batch:
-        """The staging table's columns of the batch with the Broccoli classification joined, in key
-        order (the server then appends to the staging B-tree), and its TSV file for LOAD DATA."""
+    def _prepare(
+        self, batch: _Batch, table: sa.Table, lookup: BroccoliLookup, tokens: TokenLookup, stem: str, seen: _Seen,
+        checker: sa.Engine | None, admitted: tuple[str, ...] | None, check_figures: Counter[str],
+    ) -> _Batch:
+        """The staging table's columns of the batch with the incoming classification, in key order (the
+        server then appends to the B-tree); split by ``_split`` when new keys go straight to the
+        target; and the TSV files for LOAD DATA."""
         if not batch.rows.num_rows:
             return batch
-        rows = classified(batch.rows, table, lookup)
+        rows = classified(batch.rows, table, lookup, tokens)
         key = table.primary_key.columns.values()[0].name
         order = pc.sort_indices(rows, sort_keys=[(key, "ascending")])
-        rows, offsets = rows.take(order), batch.offsets.take(order)
-        if not self._use_load_data:
-            return replace(batch, rows=rows, offsets=offsets)
-        write_tsv(rows, tsv)
-        return replace(batch, rows=rows, offsets=offsets, tsv=tsv)
+        batch = replace(batch, rows=rows.take(order), offsets=batch.offsets.take(order))
+        if checker is not None and admitted is not None and self._use_load_data:
+            batch = self._split(batch, key, seen, checker, admitted, check_figures)
+        elif seen:  # LOAD DATA refused after some keys were settled unstaged: their copies are duplicates
+            keys, _usable = _digest_keys(batch.rows.column(key), 32)
+            fresh = pa.array(~seen.contains(keys))
+            batch = replace(batch, rows=batch.rows.filter(fresh), offsets=batch.offsets.filter(fresh))
+        if batch.direct is not None and batch.direct.num_rows:
+            batch.direct_tsv = f"{stem}-direct.tsv"
+            write_tsv(direct_rows(batch.direct), batch.direct_tsv)
+        if not self._use_load_data or not batch.rows.num_rows:
+            return batch
+        write_tsv(batch.rows, f"{stem}.tsv")
+        return replace(batch, tsv=f"{stem}.tsv")
+
+    def _split(
+        self, batch: _Batch, key: str, seen: _Seen, checker: sa.Engine, admitted: tuple[str, ...], check_figures: Counter[str]
+    ) -> _Batch:
+        """Keep the first row of each key (the staging table's key would drop the later ones), look up
+        which keys the target holds, and split: stored keys stay to be staged and merged; new keys the
+        policy admits become ``direct``, the others ``dropped`` (counted as the merge would count them)."""
+        rows, offsets = batch.rows, batch.offsets
+        keys, _usable = _digest_keys(rows.column(key), 32)
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        first &= ~seen.contains(keys)
+        if not first.all():
+            mask = pa.array(first)
+            rows, offsets, keys = rows.filter(mask), offsets.filter(mask), keys[first]
+        stored = self._stored(checker, rows.column(key), check_figures)
+        new = ~stored
+        final = unknown_if_none(rows.column("classification"))
+        admits = pc.is_in(final, value_set=pa.array(admitted, pa.string())).to_numpy(zero_copy_only=False)
+        go, out = pa.array(new & admits), pa.array(new & ~admits)
+        seen.add(keys[new])
+        direct, dropped = rows.filter(go), rows.filter(out)
+        keep = pa.array(stored)
+        return replace(
+            batch, rows=rows.filter(keep), offsets=offsets.filter(keep),
+            direct=direct, direct_offsets=offsets.filter(go),
+            direct_outcomes=new_row_outcomes(direct.column("classification"), direct.column("source"), admitted=True),
+            dropped=dropped.num_rows,
+            dropped_outcomes=new_row_outcomes(dropped.column("classification"), dropped.column("source"), admitted=False),
+        )
+
+    @staticmethod
+    def _stored(checker: sa.Engine, keys: pa.Array, figures: Counter[str]) -> np.ndarray:
+        """Per key, whether the target holds it: one indexed ``IN`` lookup per ``CHECK_KEYS`` keys."""
+        query = sa.select(TARGET.c.sha256).where(TARGET.c.sha256.in_(sa.bindparam("keys", expanding=True)))
+        found: list[bytes] = []
+
+        def look() -> None:
+            found.clear()
+            with checker.connect() as conn:
+                for start in range(0, len(keys), CHECK_KEYS):
+                    found.extend(conn.execute(query, {"keys": keys.slice(start, CHECK_KEYS).to_pylist()}).scalars())
+
+        if len(keys):
+            retrying(look, "checking which keys the target holds", figures)
+        figures["lookups"] += 1
+        if not found:
+            return np.zeros(len(keys), dtype=bool)
+        return pc.is_in(keys, value_set=pa.array(found, keys.type)).to_numpy(zero_copy_only=False)
+
+    def _settle(
+        self, engine: sa.Engine, request: StageRequest, table: sa.Table, batch: _Batch, result: StageResult,
+        index: int, rerouted_tsv: str,
+    ) -> None:
+        """Send one prepared batch: its new admitted rows into the target, the others into staging.
+
+        New rows that cannot go straight in (another load inserted one of their keys since the check,
+        the server changed a value, or refuses local infile) are staged with the rest, so the guarded
+        merge settles them by the newest scan."""
+        figures, what = result.figures, f"staging batch {index}"
+        rows, offsets, tsv = batch.rows, batch.offsets, batch.tsv
+        direct_sent = False
+        if batch.direct is not None and batch.direct.num_rows:
+            request.event("checked_batch", index)
+            if batch.direct_tsv is not None and self._use_load_data:
+                direct_sent = self._send_direct(engine, batch.direct_tsv, batch.direct.num_rows, request.log, figures, what)
+            elif batch.direct_tsv is not None:
+                os.unlink(batch.direct_tsv)
+            if direct_sent:
+                result.unstaged += batch.direct.num_rows
+                result.outcomes.update(batch.direct_outcomes or {})
+                figures["direct_rows"] += batch.direct.num_rows
+            else:
+                both = pa.Table.from_batches([rows, batch.direct]).combine_chunks()
+                order = pc.sort_indices(both, sort_keys=[("sha256", "ascending")])
+                rows = both.take(order).to_batches()[0]
+                offsets = pa.concat_arrays([offsets, batch.direct_offsets]).take(order)
+                if tsv is not None:
+                    os.unlink(tsv)
+                tsv = None
+                if self._use_load_data:
+                    write_tsv(rows, rerouted_tsv)
+                    tsv = rerouted_tsv
+                figures["rerouted_rows"] += batch.direct.num_rows
+        result.unstaged += batch.dropped
+        result.outcomes.update(batch.dropped_outcomes or {})
+        if rows.num_rows:
+            self._send(engine, request, table, replace(batch, rows=rows, offsets=offsets, tsv=tsv), result.rejected, figures, what)
+        elif direct_sent:
+            figures["load_data_batches"] += 1
+
+    def _send_direct(self, engine: sa.Engine, path: str, sent: int, log: logging.Logger, figures: Counter[str], what: str) -> bool:
+        """LOAD DATA new rows into the target in one transaction; False (rolled back) when the server
+        skipped any (a key inserted since the check), changed a value, or refuses local infile."""
+        try:
+            retrying(lambda: self._load_direct(engine, path, sent), what, figures)
+            return True
+        except _Collided as exc:
+            figures["direct_collisions"] += 1
+            log.info(f"{what}: {exc}; merging its new rows instead")
+        except sa.exc.IntegrityError as exc:  # a server whose LOAD DATA LOCAL refuses duplicates instead of skipping them
+            if error_code(exc) != DUPLICATE_KEY:
+                raise
+            figures["direct_collisions"] += 1
+            log.info(f"{what}: {exc.orig}; merging its new rows instead")
+        except StagingWarnings as exc:
+            log.warning(f"{what}: {exc}; staging its new rows instead")
+        except sa.exc.OperationalError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code not in LOCAL_INFILE_REFUSED:
+                raise
+            log.warning(
+                f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
+                "instead (enable it with SET GLOBAL local_infile=1)"
+            )
+            self._use_load_data = False
+        finally:
+            os.unlink(path)
+        return False
+
+    @staticmethod
+    def _load_direct(engine: sa.Engine, path: str, sent: int) -> None:
+        with engine.begin() as conn:
+            result = conn.exec_driver_sql(load_data_statement(TARGET, DIRECT_COLUMNS), {"path": path})
+            if result.rowcount != sent:
+                raise _Collided(f"{sent - result.rowcount:,} of {sent:,} new keys were inserted by another load since the check")
+            raise_on_warnings(conn, result, TARGET.name)
 
     def _sidecar(self, request: StageRequest, figures: Counter[str]) -> BroccoliLookup:
         """The day's sidecar as a lookup; its unusable rows quarantined (figure ``sidecar_rejected``)."""
