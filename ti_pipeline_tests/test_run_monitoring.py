@@ -41,7 +41,7 @@ class DaemonContext:
         return None
 
 
-def wait_for(condition, what: str, within: float = 40.0):
+def wait_for(condition, what: str, within: float = 60.0):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if value := condition():

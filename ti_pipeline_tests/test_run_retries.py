@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -38,6 +37,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 from ti_pipeline.core.objectstore import LocalStore
 from ti_pipeline.defs.run_launcher import run_worker_pid
 from ti_pipeline.sample_data.sage import dump_name, extension_docs, write_dump_file
+from ti_pipeline_tests.test_run_monitoring import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSIONS = (["sage_dump", "file_extension_classification"],)
@@ -51,15 +51,6 @@ mutation($params: ExecutionParams!) {
     ... on PythonError { message stack }
   }
 }"""
-
-
-def wait_for(condition, what: str, within: float = 60.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_both_instance_configs_retry_lost_runs_twice_and_never_step_failures():

@@ -9,18 +9,14 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
-    AssetRecordsFilter,
     DagsterInstance,
-)
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
 )
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 
 from ti_pipeline.defs.vt_feed.automation import VT_FILE_REPORTS
-from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
+from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY, latest_materialization
 
 BLOCKING = ("counts_reconcile", "packages_corrupt")
 JOB = VT_FILE_REPORTS.name
@@ -31,16 +27,7 @@ def new_run(instance: DagsterInstance) -> str:
 
 
 def record_checks(instance: DagsterInstance, day: str, run_id: str, failing: tuple[str, ...] = ()) -> None:
-    latest = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=VT_FILE_REPORTS_KEY, asset_partitions=[day]), limit=1
-    ).records
-    target = (
-        AssetCheckEvaluationTargetMaterializationData(
-            storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp
-        )
-        if latest
-        else None
-    )
+    target = latest_materialization(instance, day)
     for name in BLOCKING:
         evaluation = AssetCheckEvaluation(
             asset_key=VT_FILE_REPORTS_KEY, check_name=name, passed=name not in failing,

@@ -182,21 +182,24 @@ def _day_events(context, export, feed, summary: DaySummary, days: list[str], max
     return blocked
 
 
+def latest_materialization(instance, day: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The day's latest stored materialization, as the target a check evaluation of the day names."""
+    latest = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=VT_FILE_REPORTS_KEY, asset_partitions=[day]), limit=1
+    ).records
+    if not latest:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp
+    )
+
+
 def _evaluation(context, key: AssetCheckKey, result: AssetCheckResult, day: str) -> AssetCheckEvaluation:
     """``result`` as the evaluation of ``day``'s partition, aimed at the materialization just stored
     (what Dagster does for an ``AssetCheckResult`` of a one-partition step; it has no partition argument).
     A blocked day stored none: its evaluation aims at the day's previous materialization, whose files the
     re-export replaced, so the day's check status is this failure."""
-    latest = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=VT_FILE_REPORTS_KEY, asset_partitions=[day]), limit=1
-    ).records
-    target = (
-        AssetCheckEvaluationTargetMaterializationData(
-            storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp
-        )
-        if latest
-        else None
-    )
+    target = latest_materialization(context.instance, day)
     return AssetCheckEvaluation(
         asset_key=VT_FILE_REPORTS_KEY,
         check_name=key.name,

@@ -548,14 +548,7 @@ class SqlStager:
         except StagingWarnings as exc:
             log.warning(f"{what}: {exc}; staging its new rows instead")
         except sa.exc.OperationalError as exc:
-            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-            if code not in LOCAL_INFILE_REFUSED:
-                raise
-            log.warning(
-                f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
-                "instead (enable it with SET GLOBAL local_infile=1)"
-            )
-            self._use_load_data = False
+            self._refused_local_infile(exc, log)
         finally:
             os.unlink(path)
         return False
@@ -657,17 +650,22 @@ class SqlStager:
             retrying(lambda: self._load_data(engine, table, path), what, figures)
             return True
         except sa.exc.OperationalError as exc:
-            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-            if code not in LOCAL_INFILE_REFUSED:
-                raise
-            log.warning(
-                f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
-                "instead (enable it with SET GLOBAL local_infile=1)"
-            )
-            self._use_load_data = False
+            self._refused_local_infile(exc, log)
             return False
         finally:
             os.unlink(path)
+
+    def _refused_local_infile(self, exc: sa.exc.OperationalError, log: logging.Logger) -> None:
+        """Batched INSERTs from now on when ``exc`` is the server or client refusing LOAD DATA LOCAL;
+        re-raises anything else."""
+        code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+        if code not in LOCAL_INFILE_REFUSED:
+            raise exc
+        log.warning(
+            f"the server refused LOAD DATA LOCAL INFILE ({exc.orig}); staging with batched INSERTs "
+            "instead (enable it with SET GLOBAL local_infile=1)"
+        )
+        self._use_load_data = False
 
     @staticmethod
     def _load_data(engine: sa.Engine, table: sa.Table, path: str) -> None:
