@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -222,6 +223,15 @@ def read_ahead(items: Iterator[_Batch]) -> Iterator[_Batch]:
         while (item := pending.result()) is not _END:
             pending = pool.submit(next, items, _END)
             yield item
+
+
+@lru_cache(maxsize=4)
+def _lookup_statement(keys: int, dialect: sa.Dialect) -> str:
+    """``SELECT sha256 FROM ioc_file_hashes WHERE sha256 IN (%(k0)s, ...)`` for ``keys`` keys, compiled
+    once: the driver binds the values, and SQLAlchemy does not render the list again per call."""
+    column = TARGET.c.sha256
+    params = [sa.bindparam(f"k{i}", type_=column.type) for i in range(keys)]
+    return str(sa.select(column).where(column.in_(params)).compile(dialect=dialect))
 
 
 # ---- the Broccoli sidecar, joined in process ------------------------------------------------------
@@ -473,15 +483,18 @@ class SqlStager:
 
     @staticmethod
     def _stored(checker: sa.Engine, keys: pa.Array, figures: Counter[str]) -> np.ndarray:
-        """Per key, whether the target holds it: one indexed ``IN`` lookup per ``CHECK_KEYS`` keys."""
-        query = sa.select(TARGET.c.sha256).where(TARGET.c.sha256.in_(sa.bindparam("keys", expanding=True)))
+        """Per key, whether the target holds it: one indexed ``IN`` lookup per ``CHECK_KEYS`` keys, sent
+        as the driver's own parameterised statement: SQLAlchemy compiling an expanding ``IN`` of 5,000
+        parameters cost two thirds of a day's client CPU (measured), the driver's escaping a tenth of that."""
         found: list[bytes] = []
 
         def look() -> None:
             found.clear()
             with checker.connect() as conn:
                 for start in range(0, len(keys), CHECK_KEYS):
-                    found.extend(conn.execute(query, {"keys": keys.slice(start, CHECK_KEYS).to_pylist()}).scalars())
+                    chunk = keys.slice(start, CHECK_KEYS).to_pylist()
+                    statement = _lookup_statement(len(chunk), conn.dialect)
+                    found.extend(conn.exec_driver_sql(statement, {f"k{i}": k for i, k in enumerate(chunk)}).scalars())
 
         if len(keys):
             retrying(look, "checking which keys the target holds", figures)
