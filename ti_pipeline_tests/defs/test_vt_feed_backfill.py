@@ -6,6 +6,8 @@ executor; runs are launched in-process (``SyncInMemoryRunLauncher``) so the test
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,22 @@ mutation($params: ReexecutionParams!) {
   }
 }"""
 
+
+
+@contextmanager
+def backfill_daemon() -> Iterator[tuple[DagsterInstance, object]]:
+    """A test instance whose runs execute in process as they are launched, and the daemon's workspace
+    context on the code location: what the backfill daemon's own iterations (``_drain``) run against."""
+    coordinator = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+    launcher = {"module": "dagster._core.launcher.sync_in_memory_run_launcher", "class": "SyncInMemoryRunLauncher"}
+    target = InProcessTestWorkspaceLoadTarget(
+        InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="ti_pipeline.definitions", attribute="defs"))
+    )
+    with (
+        instance_for_test(overrides={"run_launcher": launcher, "run_coordinator": coordinator}) as instance,
+        create_test_daemon_workspace_context(target, instance) as context,
+    ):
+        yield instance, context
 
 def _mutate(context, query: str, params: dict, field: str) -> str:
     result = execute_dagster_graphql(context.create_request_context(), query, variables={"params": params})
@@ -128,15 +146,7 @@ def test_a_broken_day_fails_alone_and_its_backfill_reexecution_redoes_only_it(tm
     broken = _break(feed, BROKEN)
     export = LocalStore(Path(settings.resolve("TI_EXPORT_URI").removeprefix("file://")))
 
-    coordinator = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
-    launcher = {"module": "dagster._core.launcher.sync_in_memory_run_launcher", "class": "SyncInMemoryRunLauncher"}
-    target = InProcessTestWorkspaceLoadTarget(
-        InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="ti_pipeline.definitions", attribute="defs"))
-    )
-    with (
-        instance_for_test(overrides={"run_launcher": launcher, "run_coordinator": coordinator}) as instance,
-        create_test_daemon_workspace_context(target, instance) as context,
-    ):
+    with backfill_daemon() as (instance, context):
         # The history backfill as the UI launches it: the 5 days of the export asset, one worker per run.
         first_id = _mutate(
             context,

@@ -14,15 +14,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
-from dagster._core.test_utils import (
-    InProcessTestWorkspaceLoadTarget,
-    create_test_daemon_workspace_context,
-    instance_for_test,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from ti_pipeline.core import settings
 from ti_pipeline.core.objectstore import LocalStore, open_store
@@ -31,7 +24,14 @@ from ti_pipeline.defs.vt_feed.export import VT_FILE_REPORTS_KEY
 from ti_pipeline.defs.vt_feed.load import VT_IOC_FILE_HASHES_KEY
 from ti_pipeline.sample_data.broccoli import sample_vt_sha1s, write_broccoli_objects
 from ti_pipeline.sample_data.vt import write_vt_feed
-from ti_pipeline_tests.defs.test_vt_feed_backfill import LAUNCH, REEXECUTE, _drain, _mutate, _runs
+from ti_pipeline_tests.defs.test_vt_feed_backfill import (
+    LAUNCH,
+    REEXECUTE,
+    _drain,
+    _mutate,
+    _runs,
+    backfill_daemon,
+)
 
 FIRST, BLOCKED = "2020-11-01", "2020-11-02"
 THREE = (VT_FILE_REPORTS_KEY, BROCCOLI_CLASSIFICATIONS_KEY, VT_IOC_FILE_HASHES_KEY)
@@ -56,15 +56,7 @@ def test_a_day_failing_a_blocking_check_holds_back_its_broccoli_and_load_until_r
     write_vt_feed(feed, days=(FIRST, BLOCKED))
     write_broccoli_objects(open_store(settings.resolve("TI_BROCCOLI_URI")), sample_vt_sha1s())
 
-    coordinator = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
-    launcher = {"module": "dagster._core.launcher.sync_in_memory_run_launcher", "class": "SyncInMemoryRunLauncher"}
-    target = InProcessTestWorkspaceLoadTarget(
-        InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="ti_pipeline.definitions", attribute="defs"))
-    )
-    with (
-        instance_for_test(overrides={"run_launcher": launcher, "run_coordinator": coordinator}) as instance,
-        create_test_daemon_workspace_context(target, instance) as context,
-    ):
+    with backfill_daemon() as (instance, context):
         days = {"range": {"start": FIRST, "end": BLOCKED}}
         first_id = _mutate(
             context,
