@@ -20,20 +20,24 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TypeVar
 
 R = TypeVar("R")
 
 
-def _exit_with_parent(parent: int) -> None:
+def _start_worker(parent: int, setup: Callable[[], None] | None) -> None:
+    """A worker's start: exit when ``parent`` is gone, then the pool's own ``setup``."""
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if setup is not None:
+        setup()
 
 
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
@@ -54,7 +58,8 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
     Process = _WorkerProcess
 
 
-def spawn_pool(workers: int) -> ProcessPoolExecutor:
+def spawn_pool(workers: int, setup: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+    """``workers`` spawned processes; each runs ``setup`` (a module-level function) once as it starts."""
     if multiprocessing.current_process().daemon:
         # multiprocessing would only assert "daemonic processes are not allowed to have children".
         raise RuntimeError(
@@ -65,8 +70,8 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_WorkerContext(),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
+        initializer=_start_worker,
+        initargs=(os.getpid(), setup),
     )
 
 

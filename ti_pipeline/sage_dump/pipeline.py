@@ -99,11 +99,9 @@ def transform_block(collection: str, source: str, block: Block, ctx: RuleContext
 def pool_transform(collection: str, source: str, item: Block | BlockSlice, ctx: RuleContext) -> BlockResult:
     """What a pool worker runs for one block: ``transform_block`` of the block sent, or of the slice it
     reads from the local file itself."""
-    _keep_freed_heap()
     return transform_block(collection, source, item.read() if isinstance(item, BlockSlice) else item, ctx)
 
 
-_HEAP_KEPT = False
 # glibc's mallopt parameters: freed memory kept at the top of the heap, and the size above which an
 # allocation gets its own mapping (the most glibc allows).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -111,15 +109,11 @@ KEPT_HEAP_BYTES, OWN_MAPPING_BYTES = 128 << 20, 32 << 20
 
 
 def _keep_freed_heap() -> None:
-    """Once per worker: keep the heap a block used for the next one. By default glibc maps each
+    """A pool worker's setup: keep the heap a block used for the next one. By default glibc maps each
     multi-MB buffer (a block, the screen's padded copy) afresh or trims it off the heap when freed, so
     every block faulted its pages in again (~2,000 page faults a 4 MiB block, a tenth of a worker's
     CPU in a VM, measured). A worker's heap stays at its largest block's working set, which the block
     size bounds, not the file's. Without glibc (no ``mallopt``) nothing changes."""
-    global _HEAP_KEPT
-    if _HEAP_KEPT:
-        return
-    _HEAP_KEPT = True
     try:
         import ctypes
 
@@ -166,7 +160,7 @@ def process_stream(
                 yield transform_block(collection, source, item, ctx)
         return
     local = LocalFile.of(stream)
-    with spawn_pool(workers) as pool:
+    with spawn_pool(workers, _keep_freed_heap) as pool:
         submissions = (
             corrupt_result(source, item)
             if isinstance(item, Corrupt)
