@@ -13,6 +13,11 @@ Each repeat, on a fresh database, measures:
 - raw ``LOAD DATA LOCAL INFILE`` of a ready TSV of the rows the first day leaves in the table (the
   admitted rows, in export order) into an empty copy of ``ioc_file_hashes``;
 - ``executemany`` INSERT batches of the same rows into another empty copy;
+- the server's own floors: the same raw LOAD DATA cut at the loader's batch boundaries (one statement
+  and transaction per batch, as the loader sends them), and day 2 with no check and no rule: LOAD DATA
+  of its new admitted rows into the filled copy, staging its stored keys' rows (one LOAD DATA into a
+  keyed table) and a bare ``UPDATE ... JOIN`` of those rows' scan columns; the copies are then dropped,
+  so the loader's table has the buffer pool to itself;
 - the loader kernel (``load_day``) on day 1 (empty table) and day 2 (half newer rescans of day 1,
   half new files), with its staging / merge split (new keys go straight into the table during
   "staging": ``direct_rows``; only stored keys are staged and merged: ``staged_rows``);
@@ -165,7 +170,7 @@ def raw_load_data(engine: sa.Engine, table: str, rows: pa.Table) -> float:
         write_tsv(rows.combine_chunks().to_batches()[0], path)
         binaries = ("sha256", "sha1", "md5")
         targets = ", ".join(f"@{c}" if c in binaries else f"`{c}`" for c in rows.column_names)
-        sets = ", ".join(f"`{c}` = UNHEX(@{c})" for c in binaries)
+        sets = ", ".join(f"`{c}` = UNHEX(@{c})" for c in binaries if c in rows.column_names)
         statement = (
             f"LOAD DATA LOCAL INFILE %(path)s INTO TABLE `{table}` CHARACTER SET utf8mb4 FIELDS TERMINATED BY '\\t' "
             f"OPTIONALLY ENCLOSED BY '\"' ESCAPED BY '' LINES TERMINATED BY '\\n' ({targets}) SET {sets}"
@@ -174,6 +179,36 @@ def raw_load_data(engine: sa.Engine, table: str, rows: pa.Table) -> float:
         with engine.begin() as conn:
             conn.exec_driver_sql(statement, {"path": path})
         return time.perf_counter() - started
+
+
+def raw_batched(engine: sa.Engine, table: str, reports: pa.Table, sidecar: pa.Table, batch_rows: int) -> float:
+    """Raw LOAD DATA of the rows the loader admits, one statement and transaction per loader batch."""
+    return sum(raw_load_data(engine, table, final_rows(reports.slice(start, batch_rows), sidecar))
+               for start in range(0, reports.num_rows, batch_rows))
+
+
+def day2_floor(engine: sa.Engine, table: str, reports2: pa.Table, sidecar2: pa.Table) -> dict[str, float]:
+    """The server's part of day 2 into ``table`` (holding day 1), with no check and no rule: LOAD DATA of
+    the new admitted rows, staging the stored keys' rows, a bare UPDATE of their scan columns."""
+    with engine.connect() as conn:
+        stored_keys = pa.array(conn.exec_driver_sql(f"SELECT sha256 FROM `{table}`").scalars().all(), pa.binary(32))  # noqa: S608
+    stored = pc.is_in(reports2.column("sha256").cast(pa.binary(32)), value_set=stored_keys)
+    new_rows = final_rows(reports2.filter(pc.invert(stored)), sidecar2)
+    staged = reports2.filter(stored).select(["sha256", "detection_names", "positives", "total", "scan_date"])
+    staged = staged.set_column(4, "scan_date", staged.column("scan_date").cast(pa.timestamp("us")))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE floor_staging (sha256 BINARY(32) PRIMARY KEY, detection_names MEDIUMTEXT, positives INT, total INT, scan_date DATETIME)"
+        )
+    figures = {"new": raw_load_data(engine, table, new_rows), "staging": raw_load_data(engine, "floor_staging", staged)}
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"UPDATE floor_staging s JOIN `{table}` t ON t.sha256 = s.sha256 SET t.detection_names = s.detection_names, "  # noqa: S608
+            "t.positives = s.positives, t.total = s.total, t.last_seen = s.scan_date, t.scan_date = s.scan_date"
+        )
+    figures["update"] = time.perf_counter() - started
+    return figures
 
 
 def executemany(engine: sa.Engine, table: str, rows: pa.Table, batch: int) -> float:
@@ -248,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, list[float]] = defaultdict(list)
     splits: dict[str, list[tuple[float, float]]] = defaultdict(list)
     outcomes: dict[str, dict[str, int]] = {}
+    floors: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="ti-bench-load-") as tmp:
         export_root = Path(tmp) / "export"
         store = LocalStore(export_root)
@@ -259,14 +295,22 @@ def main(argv: list[str] | None = None) -> int:
             url = fresh_database(args.server, args.database)
             warehouse = Warehouse(url)
             engine = warehouse.engine
-            for copy in ("ioc_file_hashes_raw", "ioc_file_hashes_executemany", "ioc_file_hashes_pk_only"):
+            copies = ("ioc_file_hashes_raw", "ioc_file_hashes_executemany", "ioc_file_hashes_pk_only", "ioc_file_hashes_batched")
+            for copy in copies:
                 with engine.begin() as conn:
                     conn.exec_driver_sql(f"CREATE TABLE `{copy}` LIKE ioc_file_hashes")
             with engine.begin() as conn:
                 conn.exec_driver_sql("ALTER TABLE ioc_file_hashes_pk_only DROP INDEX ix_ioc_file_hashes_sha1, DROP INDEX ix_ioc_file_hashes_md5")
             seconds["raw"].append(raw_load_data(engine, "ioc_file_hashes_raw", rows1))
             seconds["raw_pk_only"].append(raw_load_data(engine, "ioc_file_hashes_pk_only", rows1))
+            seconds["raw_batched"].append(raw_batched(engine, "ioc_file_hashes_batched", reports1, sidecar1, args.batch_rows))
             seconds["executemany"].append(executemany(engine, "ioc_file_hashes_executemany", rows1, args.executemany_batch))
+            floor = day2_floor(engine, "ioc_file_hashes_raw", reports2, sidecar2)
+            seconds["day2_floor"].append(sum(floor.values()))
+            floors.append(floor)
+            with engine.begin() as conn:  # the loader's table alone in the buffer pool, as in production's steady state
+                for table in (*copies, "floor_staging"):
+                    conn.exec_driver_sql(f"DROP TABLE `{table}`")
             for label, day in (("day1", DAY1), ("day2", DAY2)):
                 began = time.perf_counter()
                 load = load_day(warehouse, store, day, load_settings, log=log, quarantine=lambda r: None, policy=POLICY)
@@ -298,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = {
         "raw": "raw LOAD DATA LOCAL INFILE of day 1's admitted rows (empty copy)",
         "raw_pk_only": "raw LOAD DATA, same rows, copy without the sha1/md5 indexes (index maintenance)",
+        "raw_batched": f"raw LOAD DATA of the same rows, one statement per loader batch of {args.batch_rows:,} rows read (server floor, day 1)",
         "executemany": f"executemany INSERT, {args.executemany_batch}-row batches (empty copy)",
+        "day2_floor": "day 2 with no check or rule: new rows' LOAD DATA + staging + bare UPDATE (server floor, day 2)",
         "day1": "loader kernel (load_day), day 1 into the empty table",
         "day2": "loader kernel (load_day), day 2 merging into the filled table",
         "dagster_day1": "dagster asset materialize, day 1 (fresh process, whole)",
@@ -315,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(net)
         print(f"| dagster asset materialize, day 1 minus the empty day | {spread(net)} | {n / median:,.0f} | {raw / median:.2f} |")
     print()
+    if floors:
+        parts = ", ".join(f"{k} {spread([f[k] for f in floors])}s" for k in floors[0])
+        print(f"day 2 server floor: {parts}")
     for label in ("day1", "day2"):
         staging = [s for s, _ in splits[label]]
         merge = [m for _, m in splits[label]]
