@@ -198,7 +198,7 @@ def _shard_asset(key: AssetKey, collection: str, description: str):
         shard = keys.shard(context.partition_key)
         store, policy = sage_dump.get(), import_policy(warehouse)
         # One run at a time per shard: two would clear and refill the same quarantine.
-        with warehouse.partition_lock(key, shard, context.run_id) as wh:
+        with warehouse.partition_lock(key, shard, context.run.run_id) as wh:
             load = load_collection(
                 context, store, wh, config,
                 collection=collection, shards=[shard], asset_key=key, partition_key=shard, policy=policy,

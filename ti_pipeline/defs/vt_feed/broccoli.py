@@ -89,7 +89,7 @@ def broccoli_classifications(
         context.log.info(f"{ASSET_NAME}[{day}]: {done:,}/{total:,} looked up ({done / max(seconds, 1e-9):,.0f}/s)")
 
     # One run at a time per day: two would look every SHA1 up twice and rewrite each other's sidecar.
-    with warehouse.partition_lock(BROCCOLI_CLASSIFICATIONS_KEY, day, context.run_id):
+    with warehouse.partition_lock(BROCCOLI_CLASSIFICATIONS_KEY, day, context.run.run_id):
         wh.clear_quarantine(ASSET_NAME, day)
         try:
             result = classify_day(

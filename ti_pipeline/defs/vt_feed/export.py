@@ -275,7 +275,7 @@ def vt_file_reports(
             try:
                 # One run at a time per day, held while the day is exported: the previous day's lock goes first.
                 day_lock.close()
-                day_lock.enter_context(warehouse.partition_lock(VT_FILE_REPORTS_KEY, day, context.run_id))
+                day_lock.enter_context(warehouse.partition_lock(VT_FILE_REPORTS_KEY, day, context.run.run_id))
                 summary = _export_one_day(context, feed, export, wh, day, pool, options)
             except Exception as exc:
                 if len(days) == 1:

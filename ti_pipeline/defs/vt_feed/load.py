@@ -74,7 +74,7 @@ def vt_ioc_file_hashes(
     wh = warehouse.get()
     settings = loader.load_settings(config.loader)
     # One load of a day at a time: two would re-create each other's staging tables.
-    with warehouse.partition_lock(VT_IOC_FILE_HASHES_KEY, day, context.run_id):
+    with warehouse.partition_lock(VT_IOC_FILE_HASHES_KEY, day, context.run.run_id):
         wh.clear_quarantine(ASSET_NAME, day)
         try:
             result = load_day(
