@@ -9,7 +9,7 @@ from ti_pipeline.defs.vt_feed.automation import vt_export_day, vt_file_reports_d
 
 
 def test_schedule_runs_at_two_utc_on_the_vt_job():
-    schedule = defs.get_schedule_def("vt_file_reports_daily")
+    schedule = defs.resolve_schedule_def("vt_file_reports_daily")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")
     assert schedule.job_name == "vt_file_reports_job"
     job = defs.resolve_job_def("vt_file_reports_job")
