@@ -63,7 +63,10 @@ def as_int(value: object, field: str) -> int | None:
         if not text:
             return None
         if _INT_TEXT.fullmatch(text):
-            return int(text.split(".", 1)[0])
+            try:
+                return int(text.split(".", 1)[0])
+            except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits): no column holds it
+                raise InvalidValue(f"out_of_range:{field}") from None
     raise InvalidValue(f"invalid_number:{field}")
 
 
