@@ -139,10 +139,8 @@ def file_rep(doc: dict, ctx: RuleContext) -> Rows:
 
 def domain_classification(doc: dict, ctx: RuleContext) -> Rows:
     """Skip ``unknown``; keep ``indifferent`` only with a detected URL (as AV_DETECTED); keep every
-    other type, with the highest ``positives`` of its detected URLs."""
-    domain = keys.normalise_domain(doc.get("_id"))
-    if domain is None:
-        raise Rejected("invalid_domain")
+    other type, with the highest ``positives`` of its detected URLs. The ``_id`` is checked only for a
+    document that would become a row: one the rule skips is filtered, whatever its key."""
     response = doc.get("response")
     match = _DOMAIN_RESPONSE.match(response) if isinstance(response, str) else None
     if match is None:
@@ -161,6 +159,9 @@ def domain_classification(doc: dict, ctx: RuleContext) -> Rows:
         classification = "AV_DETECTED"
     else:
         classification = kind.upper()
+    domain = keys.normalise_domain(doc.get("_id"))
+    if domain is None:
+        raise Rejected("invalid_domain")
     row = {
         "domain": domain,
         "classification": classification,

@@ -389,7 +389,7 @@ def test_a_crafted_domain_document_gives_what_the_full_decode_gives(name):
 
 def test_the_usual_unknown_domain_is_screened():
     assert screened("domain_classification", [DOMAINS["unknown"], DOMAINS["unknown-invalid-id"], DOMAINS["malware"]]) == [
-        "unknown", None, None]
+        "unknown", "unknown", None]
 
 
 def test_other_collections_are_not_screened():
