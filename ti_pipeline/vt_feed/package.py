@@ -43,6 +43,7 @@ CHUNK_BYTES = 1 << 20
 MAX_LINE_BYTES = 64 << 20
 EXCERPT_BYTES = 512
 _BLOCK = tarfile.BLOCKSIZE
+_END_OF_ARCHIVE = b"\0" * _BLOCK
 # Bytes that never occur in NDJSON (JSON escapes control characters; its whitespace is \t \n \r and space).
 _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # A package read that fails (a dropped connection, a truncated download) is tried 4 times in all.
@@ -110,7 +111,7 @@ def _tar_members(stream: BinaryIO, first_block: bytes) -> Iterator[tuple[str, It
     while True:
         if len(block) < _BLOCK:
             raise CorruptPackage("tar: truncated header")
-        if block == b"\0" * _BLOCK:
+        if block == _END_OF_ARCHIVE:
             return  # end-of-archive marker
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
@@ -191,6 +192,11 @@ class _LineParser:
         except (records.DecodeError, records.ValidationError):
             self._line_by_line(bytes(block), offset)
             return
+        if len(reports) != _record_lines(block):
+            # decode_lines reads a stream of JSON values, not lines: two reports on one line (or one
+            # over two lines) would shift every later line. Line by line, each line is one record.
+            self._line_by_line(bytes(block), offset)
+            return
         spans: list[tuple[int, int]] = []  # computed on the first reject of the block only
         for index, report in enumerate(reports):
             self._apply(report, lambda i=index: self._line_at(block, spans, i), offset)
@@ -246,6 +252,11 @@ class _LineParser:
         self.quarantine.append(QuarantineRecord(self.source, text[:255], offset, raw[:EXCERPT_BYTES].hex()))
 
 
+def _record_lines(block) -> int:
+    """Lines of ``block`` that hold more than blanks: the records it is (blank lines are skipped)."""
+    return sum(1 for line in bytes(block).split(b"\n") if line.strip())
+
+
 def read_package(raw: BinaryIO, name: str, source: str, rules: records.Rules) -> PackageResult:
     """Decompress, parse and filter one package; a corrupt package keeps the rows read before the damage.
 
@@ -262,7 +273,8 @@ def read_package(raw: BinaryIO, name: str, source: str, rules: records.Rules) ->
     stream = bz2.BZ2File(counting)
     try:
         head = _read_exact(stream, _BLOCK)
-        if len(head) == _BLOCK and head[257:262] == b"ustar":
+        # A tar: a ustar header, or the end-of-archive block first (a tar with no member, no reports).
+        if len(head) == _BLOCK and (head[257:262] == b"ustar" or head == _END_OF_ARCHIVE):
             result.format = "v2"
             for _member, chunks in _tar_members(stream, head):
                 parser.feed(chunks)

@@ -193,8 +193,10 @@ def evaluate(report: Report, acc: Accounting, rules: Rules) -> Kept | tuple[str,
         return ("rejected", REJECT_MISSING_SCAN_DATE)
     try:
         scans = (_V2_SCANS.decode(report.scans) if report.scans else None) or {}
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.ValidationError:
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
+    except msgspec.DecodeError:  # not UTF-8, as anywhere else in the line
+        return ("rejected", REJECT_MALFORMED_JSON)
     names = values.detection_names([(engine, scan.result) for engine, scan in scans.items() if scan.detected])
     return _kept(sha256, report.sha1, report.md5, positives, total, scan_date, names, acc, rules)
 
@@ -219,8 +221,10 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, rule
     try:
         raw = attributes.last_analysis_results
         results = (_V3_RESULTS.decode(raw) if raw else None) or {}
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.ValidationError:
         return ("rejected", REJECT_INVALID_FIELD_TYPE)
+    except msgspec.DecodeError:  # not UTF-8, as anywhere else in the line
+        return ("rejected", REJECT_MALFORMED_JSON)
     total = sum(1 for r in results.values() if r.category in VERDICT_CATEGORIES)
     names = values.detection_names([(engine, r.result) for engine, r in results.items() if r.category == "malicious"])
     return _kept(sha256, attributes.sha1, attributes.md5, positives, total or None, scan_date, names, acc, rules)
