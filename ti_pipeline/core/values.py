@@ -183,12 +183,14 @@ def parse_scan_date(value: object, now: datetime | None = None) -> datetime | No
         return None
     if isinstance(value, datetime):
         return storable_datetime(value, "scan_date", now)
-    if not isinstance(value, str) or len(value) != 19 or value[4] != "-" or value[10] != " ":
+    if not isinstance(value, str) or len(value) != 19 or value[4] != "-" or value[7] != "-" or value[10] != " ":
         raise InvalidValue("invalid_scan_date")
+    fields = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+    digits = "".join(fields)
+    if value[13] != ":" or value[16] != ":" or not (digits.isascii() and digits.isdigit()):
+        raise InvalidValue("invalid_scan_date")  # int() would also take signs, blanks and other scripts' digits
     try:  # fixed positions: 10x cheaper than strptime on the hot path
-        moment = datetime(
-            int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]), int(value[14:16]), int(value[17:19])
-        )
+        moment = datetime(*map(int, fields))
     except ValueError:
         raise InvalidValue("invalid_scan_date") from None
     return storable_datetime(moment, "scan_date", now)

@@ -213,7 +213,7 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, rule
         positives = _int(stats.malicious, "positives") if stats is not None else None
         if not positives or positives < 0:
             return ("filtered", FILTER_POSITIVES_ZERO)
-        if attributes.last_analysis_date is None:
+        if not attributes.last_analysis_date:  # absent, or 0: never analysed, as the dump reads an epoch of 0
             return ("rejected", REJECT_MISSING_SCAN_DATE)
         scan_date = values.from_epoch_seconds(attributes.last_analysis_date, "scan_date", rules.now)
     except values.InvalidValue as exc:
