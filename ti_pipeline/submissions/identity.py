@@ -59,4 +59,5 @@ def canonical(data: object) -> str:
 
 def identity_hash(typetag: str, data: object) -> str:
     """``sha256("raw" + typetag + canonical(data))`` as lower-case hex."""
-    return hashlib.sha256(("raw" + typetag + canonical(data)).encode("utf-8")).hexdigest()
+    # surrogatepass: JSON may escape a lone surrogate ("\ud83d", half an emoji); it hashes as itself.
+    return hashlib.sha256(("raw" + typetag + canonical(data)).encode("utf-8", "surrogatepass")).hexdigest()

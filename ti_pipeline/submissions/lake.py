@@ -8,11 +8,12 @@ submission id only (never from metadata values), and the id is checked against a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
@@ -31,6 +32,8 @@ MAX_PAYLOAD_BYTES = 16 << 20
 _SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TYPETAG = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# Epoch seconds written as text ("1730448000", "1730448000.5"), as form fields carry them.
+_EPOCH_TEXT = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?")
 
 
 class InvalidMetadata(ValueError):
@@ -82,19 +85,39 @@ def check_typetag(value: object) -> str:
     return value
 
 
+@functools.cache
+def _zone_names() -> dict[str, str]:
+    """IANA names by their lower case (no two differ by case only)."""
+    return {name.lower(): name for name in available_timezones()}
+
+
 def _zone(value: object) -> ZoneInfo:
+    """An IANA zone, its name matched regardless of case and surrounding blanks (``utc``, `` UTC``)."""
     if not isinstance(value, str) or len(value) > 64:
         raise InvalidMetadata("timezone is not an IANA time zone name")
+    name = value.strip()
     try:
-        return ZoneInfo(value)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        pass
+    try:
+        return ZoneInfo(_zone_names()[name.lower()])
+    except (KeyError, ZoneInfoNotFoundError, ValueError):
         raise InvalidMetadata("timezone is not an IANA time zone name") from None
 
 
 def _timestamp(value: object, zone: ZoneInfo) -> datetime:
-    """Epoch seconds, or ISO 8601 (a naive one is read in the submission's timezone); naive UTC out."""
+    """Epoch seconds (a number, or its text), or ISO 8601 (a naive one is read in the submission's
+    timezone; ISO is tried first, so a basic date such as ``20261101`` stays a date); naive UTC out."""
     if isinstance(value, bool):
         raise InvalidMetadata("timestamp is neither epoch seconds nor ISO 8601")
+    if isinstance(value, str) and len(value) <= 64:
+        value = value.strip()
+        if _EPOCH_TEXT.fullmatch(value):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                value = float(value)
     try:
         if isinstance(value, int | float):
             moment = datetime.fromtimestamp(value, UTC)
@@ -119,8 +142,10 @@ def parse_metadata(submission_id: str, raw: bytes) -> SubmissionMeta:
         raise InvalidMetadata("metadata record is not JSON") from None
     if not isinstance(record, dict):
         raise InvalidMetadata("metadata record is not a JSON object")
-    zone_name = record.get("timezone") or "UTC"
-    zone = _zone(zone_name)
+    zone_name = record.get("timezone")
+    if isinstance(zone_name, str):
+        zone_name = zone_name.strip()
+    zone = _zone(zone_name or "UTC")  # absent, null or blank: UTC
     name = record.get("name", submission_id)
     if not isinstance(name, str) or len(name) > 255:
         raise InvalidMetadata("name is not text of at most 255 characters")
@@ -131,7 +156,7 @@ def parse_metadata(submission_id: str, raw: bytes) -> SubmissionMeta:
         submission_id=submission_id,
         name=name,
         org_id=check_org_id(record.get("orgid")),
-        timezone=zone_name,
+        timezone=zone.key,
         typetag=check_typetag(record.get("typetag")),
         submitted_at=_timestamp(record.get("timestamp"), zone),
         size=size,

@@ -30,23 +30,23 @@ def ledger_skips(warehouse: Warehouse) -> dict[str, bool]:
 
 
 def duplicate_finder(warehouse: Warehouse):
-    """Earlier SUCCESS of the same org with the same identity hash (other orgs may send the same)."""
+    """The org's latest SUCCESS if it has the same identity hash (other orgs may send the same).
+
+    Only the latest: after a list with other content (allow X, after block X), sending the first list
+    again is the org's newest word and its rows must be written again to win (latest submission wins).
+    """
     t = schema.submission_ledger
 
     def find(org_id: str, identity: str, submission_id: str) -> str | None:
         query = (
-            sa.select(t.c.submission_id)
-            .where(
-                t.c.org_id == org_id,
-                t.c.identity_hash == identity,
-                t.c.state == SUCCESS,
-                t.c.submission_id != submission_id,
-            )
-            .order_by(t.c.submitted_at, t.c.submission_id)
+            sa.select(t.c.submission_id, t.c.identity_hash)
+            .where(t.c.org_id == org_id, t.c.state == SUCCESS, t.c.submission_id != submission_id)
+            .order_by(t.c.submitted_at.desc(), t.c.submission_id.desc())
             .limit(1)
         )
         with warehouse.engine.connect() as conn:
-            return conn.execute(query).scalar_one_or_none()
+            latest = conn.execute(query).first()
+        return latest.submission_id if latest is not None and latest.identity_hash == identity else None
 
     return find
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ MAX_RAW_VALUE_CHARS = 1024
 # A normalised value must fit the customer_ioc key column (a long URL may not).
 MAX_VALUE_CHARS = schema.customer_ioc.c.value.type.length
 MAX_COMMENT_CHARS = 4096
+# In a str from json.loads a surrogate is always unpaired (escaped pairs decode to one code point).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MalformedPayload(ValueError):
@@ -151,6 +154,8 @@ def make_row(ioc_type: str, value: object, action: object, comment: object) -> R
         return RowRejected("comment is not text")
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:
         return RowRejected(f"comment longer than {MAX_COMMENT_CHARS} characters")
+    if comment:  # a lone surrogate ("\ud83d" in JSON) cannot be stored: U+FFFD as UTF-8 decoders do
+        comment = _LONE_SURROGATE.sub("\ufffd", comment)
     return IocRow(ioc_type, normalised, action_name, comment or None)
 
 

@@ -85,7 +85,7 @@ def process_submission(
     except crypto.DecryptError as exc:
         return error(sid, "decrypt", str(exc), meta)
     try:
-        text = plaintext.decode("utf-8")
+        text = plaintext.decode("utf-8-sig")  # a byte order mark (Windows exports) is not content
     except UnicodeDecodeError:
         return error(sid, "payload", "payload is not UTF-8 text", meta)
     parser = parsers.get(meta.typetag)
