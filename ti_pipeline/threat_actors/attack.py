@@ -12,7 +12,8 @@ method             confidence  evidence
 ``synonym``        0.75        a name or synonym of the actor is a name or synonym of the group
 =================  ==========  =======================================================================
 
-Names compare case- and punctuation-insensitively ("APT 28" = "apt28"). When one kind of evidence
+A group ATT&CK revoked in favour of another (G0058 -> G0059) stands for its replacement, by id, UUID
+and names. Names compare case- and punctuation-insensitively ("APT 28" = "apt28"). When one kind of evidence
 points at several groups, the group sharing the most names wins (then the lowest group id) and the
 confidence drops by 0.2, so ambiguous matches can be told apart.
 """
@@ -81,10 +82,18 @@ class Match:
 class AttackCatalog:
     """ATT&CK groups with their techniques, indexed by id, UUID and name key."""
 
-    def __init__(self, groups: Iterable[AttackGroup], version: str, aliases: Mapping[str, set[str]] | None = None):
+    def __init__(
+        self,
+        groups: Iterable[AttackGroup],
+        version: str,
+        aliases: Mapping[str, set[str]] | None = None,
+        revoked: Mapping[str, str] | None = None,
+    ):
         self.groups = {g.group_id: g for g in groups}
         self.version = version
         self.by_uuid = {g.uuid: g for g in self.groups.values()}
+        # A revoked group's id and UUID -> its replacement's id (ATT&CK sends the old page to the new one).
+        self.revoked = {k: v for k, v in (revoked or {}).items() if v in self.groups}
         self.by_name: dict[str, set[str]] = defaultdict(set)
         for g in self.groups.values():
             for key in g.names:
@@ -98,7 +107,7 @@ class AttackCatalog:
         patterns = load_cluster("mitre-attack-pattern", clusters_dir)
         techniques = {p["uuid"]: _technique(p) for p in patterns["values"]}
         by_uuid = {s["uuid"]: s for s in sets["values"]}
-        groups, aliases = [], defaultdict(set)
+        groups, aliases, revoked = [], defaultdict(set), {}
         for s in sets["values"]:
             revoked_by = [r["dest-uuid"] for r in s.get("related", []) if r.get("type") == "revoked-by"]
             names = _group_names(s)
@@ -106,8 +115,10 @@ class AttackCatalog:
                 # A revoked group lives on in its replacement: its names lead there.
                 for uuid in revoked_by:
                     if uuid in by_uuid:
+                        replacement = by_uuid[uuid]["meta"]["external_id"]
+                        revoked[s["meta"]["external_id"]] = revoked[s["uuid"]] = replacement
                         for key in names:
-                            aliases[key].add(by_uuid[uuid]["meta"]["external_id"])
+                            aliases[key].add(replacement)
                 continue
             used = {techniques[r["dest-uuid"]] for r in s.get("related", []) if r.get("dest-uuid") in techniques}
             groups.append(
@@ -120,14 +131,16 @@ class AttackCatalog:
                 )
             )
         version = f"intrusion-set-{sets.get('version')}/attack-pattern-{patterns.get('version')}"
-        return cls(groups, version, aliases)
+        return cls(groups, version, aliases, revoked)
 
     def match(self, name: str, synonyms: Iterable[str], refs: Iterable[str], related_uuids: Iterable[str]) -> Match | None:
         """The ATT&CK group of an actor, or None when nothing links it to one."""
         actor_names = {name_key(n) for n in [name, *synonyms]} - {""}
         evidence = (
-            ("external_id", {m.upper() for r in refs for m in _GROUP_URL.findall(r)} & self.groups.keys()),
-            ("galaxy_relation", {self.by_uuid[u].group_id for u in related_uuids if u in self.by_uuid}),
+            ("external_id", {self.revoked.get(g, g) for r in refs for m in _GROUP_URL.findall(r) if (g := m.upper())}
+             & self.groups.keys()),
+            ("galaxy_relation", {self.by_uuid[u].group_id if u in self.by_uuid else self.revoked[u]
+                                 for u in related_uuids if u in self.by_uuid or u in self.revoked}),
             ("name", set(self.by_name.get(name_key(name), ()))),
             ("synonym", {gid for key in actor_names for gid in self.by_name.get(key, ())}),
         )

@@ -89,6 +89,7 @@ class MalpediaClient:
         options = replace(options, **overrides)
         self.base_url = base_url.rstrip("/")
         self._headers = {"Accept": "application/json"}
+        token = (token or "").strip()  # a token from a secret file or env var often ends in a newline
         if token:
             self._headers["Authorization"] = f"apitoken {token}"
         self.budget = budget or RequestBudget()
@@ -155,8 +156,9 @@ class MalpediaClient:
         def before_retry(failure: Exception, delay: float) -> None:
             """Give up on a wait over the limit; a 429 holds back every request of this client."""
             assert isinstance(failure, TryAgain)
-            if delay > self.max_retry_wait:
-                reason = f"{failure.reason}, server asks to wait {delay:.0f}s (limit {self.max_retry_wait:.0f}s)"
+            asked = delay if failure.retry_after is None else failure.retry_after  # not the jitter on top
+            if asked > self.max_retry_wait:
+                reason = f"{failure.reason}, server asks to wait {asked:.0f}s (limit {self.max_retry_wait:.0f}s)"
                 raise MalpediaError(url, failure.status, reason)
             if failure.status == 429:
                 self.budget.hold(delay)

@@ -4,8 +4,8 @@ The content hash is a SHA-256 over a canonical serialisation of the content fiel
 the rows store): timestamps (a family's ``updated``, the ``updated`` of families embedded in an actor)
 are left out, so a re-crawl that changes nothing but dates is "unchanged". Canonical means: keys
 sorted, strings stripped, a meta value given as one string equal to the same value given as a
-one-element list, lists of scalars de-duplicated and sorted (the order of refs or synonyms carries no
-meaning).
+one-element list, a null, blank or empty meta field the same as an absent one, lists of scalars
+de-duplicated and sorted (the order of refs, synonyms or countries carries no meaning).
 """
 
 from __future__ import annotations
@@ -47,34 +47,35 @@ def content_hash(value: Any) -> str:
 
 
 def as_list(value: Any) -> list[str]:
-    """A meta field that may be a string, a list of strings or missing, as a list of strings."""
-    if value is None or value == "":
+    """A meta field that may be a string, a list of strings or missing, as a list of non-blank strings."""
+    if value is None:
         return []
-    if isinstance(value, str):
-        return [value.strip()]
-    if isinstance(value, list | tuple):
-        return [str(v).strip() for v in value if v is not None and str(v).strip()]
-    return [str(value)]
+    if not isinstance(value, list | tuple):
+        value = [value]
+    return [s for v in value if v is not None and (s := str(v).strip())]
 
 
 def normalize_meta(meta: Any) -> dict[str, list[str]]:
-    """Every meta field as a list of strings, so ``"China"`` and ``["China"]`` are the same content."""
+    """Every meta field as a list of strings, so ``"China"`` and ``["China"]`` are the same content; a
+    null, blank or empty field is left out, the same content as an absent one."""
     if meta is None:
         return {}
     if not isinstance(meta, Mapping):
         raise RecordError(f"meta is a {type(meta).__name__}, not an object")
-    return {str(k): as_list(v) for k, v in meta.items()}
+    return {str(k): values for k, v in meta.items() if (values := as_list(v))}
 
 
 def _text(record: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
     value = record.get(name)
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         if required:
             raise RecordError(f"missing {name}")
         return None
     if not isinstance(value, str):
         raise RecordError(f"{name} is a {type(value).__name__}, not a string")
-    return value.strip()
+    return value
 
 
 def _key(key: str) -> str:
@@ -121,7 +122,7 @@ def actor_row(actor_id: str, actor: Mapping[str, Any], now: datetime) -> dict[st
         "name": content["value"][:255],
         "uuid": (content["uuid"] or "")[:36] or None,
         "description": content["description"],
-        "country": ",".join(meta.get("country", []))[:64] or None,
+        "country": ",".join(sorted(set(meta.get("country", []))))[:64] or None,  # as the hash: order carries no meaning
         "synonyms": _json_list(meta.get("synonyms", [])),
         "refs": _json_list(meta.get("refs", [])),
         "families": json.dumps(content["families"]),
