@@ -10,6 +10,7 @@ from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
 from sqlalchemy.dialects.mysql import DOUBLE as MYSQL_DOUBLE
 from sqlalchemy.dialects.mysql import FLOAT as MYSQL_FLOAT
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
+from sqlalchemy.dialects.mysql import VARCHAR as MYSQL_VARCHAR
 
 metadata = sa.MetaData()
 
@@ -36,6 +37,15 @@ SUBMISSION_STATES = ("SUCCESS", "NOT_SUPPORTED", "ERROR")
 # types have their own compilers, so the DDL is the same in every process.
 DATETIME = sa.DateTime().with_variant(MYSQL_DATETIME(), "mysql", "mariadb")
 FLOAT = sa.Float().with_variant(MYSQL_FLOAT(), "mysql", "mariadb")
+
+
+def key_text(length: int) -> sa.String:
+    """Text a natural key is made of, compared byte for byte on every warehouse: SQLite and TiDB do so
+    by default; MySQL/MariaDB's default collation would make one row of keys that differ only in case or
+    accents (two actor ids, two URLs of a customer list). Trailing blanks still compare equal (PAD SPACE,
+    as on TiDB): the rules strip keys."""
+    binary = MYSQL_VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin")
+    return sa.String(length).with_variant(binary, "mysql", "mariadb")
 
 
 def _enum(name: str, values: tuple[str, ...]) -> sa.Enum:
@@ -76,7 +86,7 @@ ioc_file_hashes = sa.Table(
 ioc_domains = sa.Table(
     "ioc_domains",
     metadata,
-    sa.Column("domain", sa.String(253), primary_key=True),
+    sa.Column("domain", key_text(253), primary_key=True),
     sa.Column("classification", sa.String(32), nullable=False),
     sa.Column("source", _enum("domain_source", SOURCES), nullable=False),
     sa.Column("positives", sa.Integer),
@@ -90,7 +100,7 @@ ioc_domains = sa.Table(
 ioc_tokens = sa.Table(
     "ioc_tokens",
     metadata,
-    sa.Column("token", sa.String(255), primary_key=True),
+    sa.Column("token", key_text(255), primary_key=True),
     sa.Column("token_type", sa.String(16), nullable=False),
     # The response word (malware, whitelist, ...) and its optional ``;SUBTYPE`` suffix (ANTI_VIRUS, SHELL, ...).
     sa.Column("response", sa.String(32), nullable=False),
@@ -104,7 +114,7 @@ ioc_tokens = sa.Table(
 ioc_ips = sa.Table(
     "ioc_ips",
     metadata,
-    sa.Column("address", sa.String(45), primary_key=True),
+    sa.Column("address", key_text(45), primary_key=True),
     sa.Column("classification", sa.String(32), nullable=False),
     sa.Column("source", _enum("ip_source", SOURCES), nullable=False),
     sa.Column("malicious_type", sa.String(64)),
@@ -115,7 +125,7 @@ ioc_ips = sa.Table(
 file_extension_classification = sa.Table(
     "file_extension_classification",
     metadata,
-    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("extension", key_text(64), primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("sources", sa.Text),
@@ -139,9 +149,9 @@ class MergeRule:
 customer_ioc = sa.Table(
     "customer_ioc",
     metadata,
-    sa.Column("org_id", sa.String(64), primary_key=True),
-    sa.Column("ioc_type", sa.String(16), primary_key=True),
-    sa.Column("value", sa.String(255), primary_key=True),
+    sa.Column("org_id", key_text(64), primary_key=True),
+    sa.Column("ioc_type", key_text(16), primary_key=True),
+    sa.Column("value", key_text(255), primary_key=True),
     sa.Column("action", _enum("customer_action", ("BLOCK", "ALLOW")), nullable=False),
     sa.Column("comment", sa.Text),
     sa.Column("submission_id", sa.String(128), nullable=False),
@@ -152,7 +162,7 @@ customer_ioc = sa.Table(
 submission_ledger = sa.Table(
     "submission_ledger",
     metadata,
-    sa.Column("submission_id", sa.String(128), primary_key=True),
+    sa.Column("submission_id", key_text(128), primary_key=True),
     sa.Column("org_id", sa.String(64)),
     sa.Column("typetag", sa.String(64)),
     sa.Column("identity_hash", sa.String(64)),
@@ -183,7 +193,7 @@ MERGE_RULES = {
 threat_actors = sa.Table(
     "threat_actors",
     metadata,
-    sa.Column("actor_id", sa.String(128), primary_key=True),
+    sa.Column("actor_id", key_text(128), primary_key=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("uuid", sa.String(36)),
     sa.Column("description", LONG_TEXT),
@@ -205,7 +215,7 @@ threat_actors = sa.Table(
 malware_families = sa.Table(
     "malware_families",
     metadata,
-    sa.Column("family_id", sa.String(128), primary_key=True),
+    sa.Column("family_id", key_text(128), primary_key=True),
     sa.Column("common_name", sa.String(255)),
     sa.Column("uuid", sa.String(36)),
     sa.Column("description", LONG_TEXT),
@@ -222,8 +232,8 @@ malware_families = sa.Table(
 actor_techniques = sa.Table(
     "actor_techniques",
     metadata,
-    sa.Column("actor_id", sa.String(128), primary_key=True),
-    sa.Column("technique_id", sa.String(16), primary_key=True),
+    sa.Column("actor_id", key_text(128), primary_key=True),
+    sa.Column("technique_id", key_text(16), primary_key=True),
     sa.Column("technique_name", sa.String(255)),
     sa.Column("tactic", sa.String(255)),
     sa.Column("match_method", sa.String(32), nullable=False),
@@ -235,7 +245,7 @@ actor_techniques = sa.Table(
 sync_state = sa.Table(
     "sync_state",
     metadata,
-    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("source", key_text(64), primary_key=True),
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("synced_at", DATETIME, nullable=False),
 )
@@ -246,8 +256,8 @@ sync_state = sa.Table(
 partition_locks = sa.Table(
     "partition_locks",
     metadata,
-    sa.Column("asset", sa.String(128), primary_key=True),
-    sa.Column("partition_key", sa.String(64), primary_key=True),
+    sa.Column("asset", key_text(128), primary_key=True),
+    sa.Column("partition_key", key_text(64), primary_key=True),
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("acquired_at", DATETIME, nullable=False),
 )
@@ -259,7 +269,7 @@ EPOCH_SECONDS = sa.Double().with_variant(MYSQL_DOUBLE(asdecimal=False), "mysql",
 request_budgets = sa.Table(
     "request_budgets",
     metadata,
-    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("service", key_text(64), primary_key=True),
     sa.Column("hold_until", EPOCH_SECONDS, nullable=False),
 )
 request_budget_starts = sa.Table(

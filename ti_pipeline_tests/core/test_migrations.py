@@ -287,3 +287,58 @@ def test_a_pre_migration_warehouse_that_differs_is_not_stamped(empty_url, capsys
     assert "etag" in refused
     assert revision_of(empty_url) is None
     engine.dispose()
+
+
+# ---- natural keys compared byte for byte (revision 0003) ------------------------------------------------
+
+KEY_VARIANTS = ["asnarok", "asnarök", "Asnarok"]  # differ only in accent or case
+
+
+def key_collations(url: str) -> dict[tuple[str, str], str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+        )).all()
+    engine.dispose()
+    keys = {(t.name, c.name) for t in schema.metadata.sorted_tables for c in t.primary_key.columns
+            if isinstance(c.type, sa.String) and not isinstance(c.type, sa.Enum)}
+    return {(table, column): collation for table, column, collation in rows if (table, column) in keys}
+
+
+def test_every_text_primary_key_is_compared_byte_for_byte_on_mysql(mysql_url):
+    migrations.upgrade(mysql_url)
+    collations = key_collations(mysql_url)
+    assert ("threat_actors", "actor_id") in collations and ("customer_ioc", "value") in collations
+    assert set(collations.values()) == {"utf8mb4_bin"}, collations
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
+def test_keys_that_differ_only_in_case_accent_or_blank_stay_apart(dialect, request):
+    url = request.getfixturevalue(f"{dialect}_url")
+    migrations.upgrade(url)
+    warehouse = Warehouse(url)
+    rows = [{"token": key, "token_type": "DOMAIN", "response": "malware"} for key in KEY_VARIANTS]
+    warehouse.upsert(schema.ioc_tokens, rows)
+    with warehouse.engine.connect() as conn:
+        stored = sorted(conn.execute(sa.select(schema.ioc_tokens.c.token)).scalars())
+    warehouse.dispose()
+    assert stored == sorted(KEY_VARIANTS)
+
+
+def test_revision_0003_converts_a_warehouse_made_before_it_and_keeps_its_rows(mysql_url):
+    from alembic import command
+
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0002")
+        conn.execute(schema.ioc_tokens.insert(), [{"token": "asnarok", "token_type": "DOMAIN", "response": "malware"}])
+    engine.dispose()
+    assert key_collations(mysql_url)[("ioc_tokens", "token")] != "utf8mb4_bin"
+    assert migrations.upgrade(mysql_url) == ("0002", migrations.head())
+    assert set(key_collations(mysql_url).values()) == {"utf8mb4_bin"}
+    warehouse = Warehouse(mysql_url)
+    warehouse.upsert(schema.ioc_tokens, [{"token": "Asnarok", "token_type": "DOMAIN", "response": "malware"}])
+    with warehouse.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(schema.ioc_tokens.c.token)).scalars()) == ["Asnarok", "asnarok"]
+    warehouse.dispose()
