@@ -133,14 +133,20 @@ class AttackCatalog:
         version = f"intrusion-set-{sets.get('version')}/attack-pattern-{patterns.get('version')}"
         return cls(groups, version, aliases, revoked)
 
+    def group_id(self, key: str) -> str | None:
+        """The group an ATT&CK id or UUID stands for (a revoked group's: its replacement), or None."""
+        if key in self.groups:
+            return key
+        if key in self.by_uuid:
+            return self.by_uuid[key].group_id
+        return self.revoked.get(key)
+
     def match(self, name: str, synonyms: Iterable[str], refs: Iterable[str], related_uuids: Iterable[str]) -> Match | None:
         """The ATT&CK group of an actor, or None when nothing links it to one."""
         actor_names = {name_key(n) for n in [name, *synonyms]} - {""}
         evidence = (
-            ("external_id", {self.revoked.get(g, g) for r in refs for m in _GROUP_URL.findall(r) if (g := m.upper())}
-             & self.groups.keys()),
-            ("galaxy_relation", {self.by_uuid[u].group_id if u in self.by_uuid else self.revoked[u]
-                                 for u in related_uuids if u in self.by_uuid or u in self.revoked}),
+            ("external_id", {self.group_id(m.upper()) for r in refs for m in _GROUP_URL.findall(r)} - {None}),
+            ("galaxy_relation", {self.group_id(u) for u in related_uuids} - {None}),
             ("name", set(self.by_name.get(name_key(name), ()))),
             ("synonym", {gid for key in actor_names for gid in self.by_name.get(key, ())}),
         )
