@@ -191,14 +191,22 @@ def evaluate(report: Report, acc: Accounting, rules: Rules) -> Kept | tuple[str,
         return ("rejected", exc.reason)
     if scan_date is None:
         return ("rejected", REJECT_MISSING_SCAN_DATE)
-    try:
-        scans = (_V2_SCANS.decode(report.scans) if report.scans else None) or {}
-    except msgspec.ValidationError:
-        return ("rejected", REJECT_INVALID_FIELD_TYPE)
-    except msgspec.DecodeError:  # not UTF-8, as anywhere else in the line
-        return ("rejected", REJECT_MALFORMED_JSON)
+    scans = _engines(_V2_SCANS, report.scans)
+    if type(scans) is str:
+        return ("rejected", scans)
     names = values.detection_names([(engine, scan.result) for engine, scan in scans.items() if scan.detected])
     return _kept(sha256, report.sha1, report.md5, positives, total, scan_date, names, acc, rules)
+
+
+def _engines(decoder: msgspec.json.Decoder, raw: msgspec.Raw) -> dict | str:
+    """A report's per-engine results, decoded only for a kept report ({} when absent), or the reason
+    the line is rejected."""
+    try:
+        return (decoder.decode(raw) if raw else None) or {}
+    except msgspec.ValidationError:
+        return REJECT_INVALID_FIELD_TYPE
+    except msgspec.DecodeError:  # not UTF-8, as anywhere else in the line
+        return REJECT_MALFORMED_JSON
 
 
 def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, rules: Rules) -> Kept | tuple[str, str]:
@@ -218,13 +226,9 @@ def _evaluate_v3(report: Report, attributes: V3Attributes, acc: Accounting, rule
         scan_date = values.from_epoch_seconds(attributes.last_analysis_date, "scan_date", rules.now)
     except values.InvalidValue as exc:
         return ("rejected", exc.reason)
-    try:
-        raw = attributes.last_analysis_results
-        results = (_V3_RESULTS.decode(raw) if raw else None) or {}
-    except msgspec.ValidationError:
-        return ("rejected", REJECT_INVALID_FIELD_TYPE)
-    except msgspec.DecodeError:  # not UTF-8, as anywhere else in the line
-        return ("rejected", REJECT_MALFORMED_JSON)
+    results = _engines(_V3_RESULTS, attributes.last_analysis_results)
+    if type(results) is str:
+        return ("rejected", results)
     total = sum(1 for r in results.values() if r.category in VERDICT_CATEGORIES)
     names = values.detection_names([(engine, r.result) for engine, r in results.items() if r.category == "malicious"])
     return _kept(sha256, attributes.sha1, attributes.md5, positives, total or None, scan_date, names, acc, rules)
